@@ -36,7 +36,7 @@ def write_idx(path: str, array: np.ndarray, *, compress: bool) -> None:
 
 
 def make_fake_fashion(directory, *, compress: bool = True) -> str:
-    """Train image i is constant i (i < 200), test image j is constant 200 + j; label = value % 10."""
+    """Train image i is constant i (i < 200), test image j constant 200 + j; label = value % 10."""
     directory = str(directory)
     os.makedirs(directory, exist_ok=True)
     train = np.arange(N_TRAIN, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
@@ -134,7 +134,8 @@ def test_synthetic_shapes_and_classes():
     batch = next(data.make_train_iterator("synthetic", global_batch_size=8, seed=0,
                                           image_size=20, process_index=0, process_count=1))
     assert batch["image"].shape == (8, 20, 20, 3) and batch["image"].dtype == np.float32
-    assert batch["label"].dtype == np.int32 and 0 <= batch["label"].min() <= batch["label"].max() < 10
+    assert batch["label"].dtype == np.int32
+    assert 0 <= batch["label"].min() and batch["label"].max() < 10
     assert -1.0 - 1e-6 <= batch["image"].min() and batch["image"].max() <= 1.0 + 1e-6
 
 
@@ -331,6 +332,21 @@ def test_batch_not_divisible_by_processes_is_refused(fake_dir):
         train_it(fake_dir, batch=256)
     with pytest.raises(ValueError, match="process_index < process_count"):
         train_it(fake_dir, p=2, count=2)
+
+
+def test_process_defaults_come_from_jax():
+    import jax
+
+    batch = next(data.make_train_iterator("synthetic", global_batch_size=4 * jax.process_count(),
+                                          seed=0))
+    assert batch["image"].shape[0] == 4
+
+
+def test_bad_image_size_is_refused():
+    with pytest.raises(ValueError, match="image_size must be an integer >= 8"):
+        data.get_info("digits", image_size=4)
+    with pytest.raises(ValueError, match="image_size must be an integer"):
+        data.get_info("synthetic", image_size=32.0)
 
 
 @pytest.mark.parametrize("count,batch", [(1, 16), (2, 12), (3, 12), (2, 128)])

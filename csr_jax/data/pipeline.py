@@ -1,32 +1,38 @@
-"""The train and eval iterators: grain index pipelines over a dataset's sources.
+"""The train and eval iterators: grain pipelines over batches of example indices.
 
-Train, per process ``p`` of ``P``, with ``n`` examples and global batch ``B``::
+Train, per process ``p`` of ``P``, with ``n`` examples and global batch ``B``: epoch ``e`` is a
+seeded permutation of ``range(n)`` (a new one every epoch) cut to its first ``(n // B) * B``
+entries (drop remainder); global step ``k`` = (epoch ``e``, step ``s``) takes entries
+``s * B .. (s + 1) * B`` of it, and process ``p`` keeps every ``P``-th of those, from the ``p``-th
+(``process_index::process_count`` of the shuffled order). So local batch ``k`` of every process is
+a slice of global batch ``k``, the slices are disjoint, and together they are ``B`` distinct
+examples; batches never straddle two epochs.
 
-    range(n) -> shuffle(seed; reshuffled every epoch) -> first (n // B) * B   (drop remainder)
-             -> [p::P] -> repeat forever -> batch(B // P) -> read + augment (seeded per step)
+Each step is *one* grain element (``MapDataset.range(steps).repeat()``, indexed by the global
+step): its indices are one NumPy slice of the cached epoch permutation, its examples one gather
+(or one tfds read per index), its augmentation batch-level NumPy. There is no per-example Python
+on the small-image paths (grain's per-element ``shuffle``/``slice`` before ``batch`` would do
+index arithmetic per example: measured 7-14 ms per batch of 128 Fashion-MNIST or digits images
+against ~2 ms this way, on a 2-core CPU). The augmentation draws for step ``k`` come from
+grain's ``random_map`` generator keyed by (seed, ``k``) and are drawn for the whole global
+batch, so the global batch at step ``k`` is the same whatever ``P`` is.
 
-Every step of the stream is *one* grain element: a batch of example indices that is read with
-one gather (or one tfds read per index) and augmented with batch-level NumPy ops, so there is no
-per-example Python on the small-image paths. Because each epoch keeps a multiple of ``B``
-examples, batches never straddle two epochs and local batch ``k`` of every process is a slice of
-global batch ``k``: their union is ``B`` distinct examples of the epoch's shuffled order. The
-augmentation draws for step ``k`` come from a generator keyed by (seed, ``k``) and are drawn for
-the whole global batch, so the global batch at step ``k`` is the same whatever ``P`` is.
-
-The iterator's state is grain's (the index of the next step) plus what it depends on, as a
-JSON-serialisable dict; ``set_state`` refuses a state from a different dataset, seed, batch
+The iterator's state is grain's (the index of the next step) plus what the stream depends on, as
+a JSON-serialisable dict; ``set_state`` refuses a state from a different dataset, seed, batch
 size or resolution rather than silently resuming a different stream.
 
 Eval pads the split to a whole number of global batches, process ``p`` takes positions
-``p::P`` of that padded range, and rows past the end are zeros with ``mask`` False.
+``p::P`` of each padded global batch, and rows past the end are zeros with ``mask`` False.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Iterator
 
+import grain
 import numpy as np
 
 from csr_jax.data import registry
@@ -71,14 +77,12 @@ def _layout(global_batch_size: int, process_index: int | None,
 
 
 def _sub_seed(seed: int, purpose: int) -> int:
-    """An independent 32-bit seed per purpose (grain's shuffle and random_map need uint32)."""
+    """An independent 32-bit seed per purpose (grain's random_map takes a uint32 seed)."""
     entropy = int(seed) & (2**64 - 1)  # Any Python int, negative ones included.
     return int(np.random.SeedSequence([entropy, purpose]).generate_state(1)[0])
 
 
 def _read_options(num_threads: int | None):
-    import grain
-
     if num_threads is None:
         num_threads = min(8, os.cpu_count() or 1)
     return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * max(1, num_threads))
@@ -138,8 +142,6 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
     ``num_threads``: grain worker threads that read and augment upcoming batches in the
     background (default: the CPU count, at most 8); the stream does not depend on it.
     """
-    import grain
-
     layout = _layout(global_batch_size, process_index, process_count)
     dataset = registry.build(name, data_dir, image_size)
     n = len(dataset.train)
@@ -148,6 +150,16 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
         raise ValueError(f"{name}: global_batch_size={global_batch_size} is larger than the "
                          f"training split ({n} examples); use a smaller batch size.")
     source, transform = dataset.train, dataset.transform
+    gb, p, count = layout.global_batch_size, layout.process_index, layout.process_count
+    shuffle_seed = _sub_seed(seed, 0)
+
+    @functools.lru_cache(maxsize=4)  # The current epoch and the next ones threads prefetch.
+    def permutation(epoch: int) -> np.ndarray:
+        return np.random.default_rng([shuffle_seed, epoch]).permutation(n)
+
+    def step_indices(step: int, _) -> np.ndarray:
+        epoch, in_epoch = divmod(step, steps)
+        return permutation(epoch)[in_epoch * gb:(in_epoch + 1) * gb][p::count]
 
     def read(indices: np.ndarray):
         return source.read(indices)
@@ -155,11 +167,9 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
     def augment(raw, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return transform.train(raw[0], raw[1], rng, layout)
 
-    ds = (grain.MapDataset.range(n)
-          .shuffle(seed=_sub_seed(seed, 0))[:steps * layout.global_batch_size]
-          [layout.process_index::layout.process_count]
+    ds = (grain.MapDataset.range(steps)
           .repeat()
-          .batch(layout.local_batch_size, drop_remainder=True)
+          .map_with_index(step_indices)
           .map(read)
           .random_map(augment, seed=_sub_seed(seed, 1)))
     iterator = iter(ds.to_iter_dataset(_read_options(num_threads)))
@@ -201,8 +211,6 @@ def make_eval_iterator(name: str, *, global_batch_size: int,
     False; a process may get batches that are entirely padding, so that all processes run the
     same number of (collective) eval steps.
     """
-    import grain
-
     layout = _layout(global_batch_size, process_index, process_count)
     dataset = registry.build(name, data_dir, image_size)
     n = len(dataset.eval)
@@ -219,9 +227,9 @@ def make_eval_iterator(name: str, *, global_batch_size: int,
             image[mask], label[mask] = out["image"], out["label"]
         return {"image": image, "label": label, "mask": mask}
 
-    ds = (grain.MapDataset.range(num_batches * layout.global_batch_size)
-          [layout.process_index::layout.process_count]
-          .batch(layout.local_batch_size, drop_remainder=True)
+    ds = (grain.MapDataset.range(num_batches)
+          .map(lambda b: np.arange(b * layout.global_batch_size,
+                                   (b + 1) * layout.global_batch_size)[layout.positions])
           .map(read_and_transform))
     return EvalIterator(iter(ds.to_iter_dataset(_read_options(num_threads))), dataset.info,
                         num_batches)

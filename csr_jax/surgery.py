@@ -579,7 +579,8 @@ class SurgeryReport:
         )
         for i, rule in enumerate(self.rules):
             used = sum(1 for r in self.records if r.rule == i)
-            lines.append(f"rule {i}: {rule.describe()} decided {used} conv(s)"
+            done = sum(1 for r in self.records if r.rule == i and r.status == CONVERTED)
+            lines.append(f"rule {i}: {rule.describe()} decided {used} conv(s), converted {done}"
                          + (" [UNUSED]" if i in self.unused_rules else ""))
         return "\n".join(lines)
 

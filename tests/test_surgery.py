@@ -90,7 +90,8 @@ def test_report_lists_every_conv_with_status_and_reason(data):
     assert isinstance(converted, CSRConverted)
     assert {r.path for r in report.records} == ALL_CONVS
     status = {r.path: r.status for r in report.records}
-    assert {p for p, s in status.items() if s == "converted"} == {"stem", "expand", "down", "block/conv_a", "block/conv_b"}
+    converted_paths = {p for p, s in status.items() if s == "converted"}
+    assert converted_paths == {"stem", "expand", "down", "block/conv_a", "block/conv_b"}
     assert status["dw"] == "unmatched" and "depthwise" in report["dw"].reason
     assert status["grouped"] == "unsupported" and "grouped" in report["grouped"].reason
     assert status["dilated"] == "unsupported" and "dilation" in report["dilated"].reason
@@ -133,10 +134,12 @@ def test_output_shapes_unchanged_and_unsupported_convs_stay_ordinary(data):
             assert "kernel" not in leaf_names and "input_kernel" in leaf_names, r.path
         else:
             assert "kernel" in leaf_names, r.path
-            assert _subtree(new_vars["params"], r.path)["kernel"].shape == _subtree(variables["params"], r.path)["kernel"].shape
+            old_kernel = _subtree(variables["params"], r.path)["kernel"]
+            assert _subtree(new_vars["params"], r.path)["kernel"].shape == old_kernel.shape
     # Everything outside the convs keeps its path and shape.
     assert new_vars["params"]["head"]["kernel"].shape == variables["params"]["head"]["kernel"].shape
-    assert jax.tree_util.tree_map(jnp.shape, new_vars["batch_stats"]) == jax.tree_util.tree_map(jnp.shape, variables["batch_stats"])
+    shapes = functools.partial(jax.tree_util.tree_map, jnp.shape)
+    assert shapes(new_vars["batch_stats"]) == shapes(variables["batch_stats"])
 
 
 def test_t1_conversion_with_copied_weights_reproduces_the_model(data):
@@ -148,7 +151,8 @@ def test_t1_conversion_with_copied_weights_reproduces_the_model(data):
     y_new, upd_new = _apply(converted, new_vars, x, train=True, mutable=["batch_stats"])
     y_old, upd_old = _apply(model, variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(y_new, y_old, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(upd_new["batch_stats"]["stem_bn"]["var"], upd_old["batch_stats"]["stem_bn"]["var"], rtol=1e-6)
+    np.testing.assert_allclose(upd_new["batch_stats"]["stem_bn"]["var"], upd_old["batch_stats"]["stem_bn"]["var"],
+                               rtol=1e-6)
 
 
 def test_transfer_weights_keeps_t_gt_1_layers_and_rejects_foreign_variables(data):
@@ -158,7 +162,8 @@ def test_transfer_weights_keeps_t_gt_1_layers_and_rejects_foreign_variables(data
     moved = transfer_weights(variables, fresh, report)
     np.testing.assert_array_equal(moved["params"]["stem"]["input_kernel"], variables["params"]["stem"]["kernel"])
     np.testing.assert_array_equal(moved["params"]["down"]["kernel"], variables["params"]["down"]["kernel"])
-    np.testing.assert_array_equal(moved["params"]["block"]["conv_a"]["input_kernel"], fresh["params"]["block"]["conv_a"]["input_kernel"])
+    np.testing.assert_array_equal(moved["params"]["block"]["conv_a"]["input_kernel"],
+                                  fresh["params"]["block"]["conv_a"]["input_kernel"])
     other = jax.eval_shape(ForeignCNN(num_classes=7).init, jax.random.key(4), x)
     with pytest.raises(SurgeryError, match="shape mismatch at params/head/"):
         transfer_weights(other, fresh, report)
@@ -250,7 +255,8 @@ def test_jitted_gradient_step(data):
     @jax.jit
     def step(params, batch_stats, opt_state):
         def loss_fn(p):
-            logits, upd = converted.apply({"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
+            logits, upd = converted.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                          mutable=["batch_stats"])
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
 
         (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -262,7 +268,8 @@ def test_jitted_gradient_step(data):
     for name in ("alpha", "beta", "hidden_kernel"):
         g = grads["dw"]["hidden"][name]
         assert float(jnp.abs(g).sum()) > 0, name
-    assert not np.allclose(params["expand"]["hidden"]["hidden_kernel"], variables["params"]["expand"]["hidden"]["hidden_kernel"])
+    assert not np.allclose(params["expand"]["hidden"]["hidden_kernel"],
+                           variables["params"]["expand"]["hidden"]["hidden_kernel"])
     _, _, _, loss2, _ = step(params, stats, opt_state)
     assert float(loss2) < float(loss)
 
@@ -332,7 +339,8 @@ def test_bad_rules_raise_clear_errors(data):
         convert(model, [ConvRule(2), ConvRule(3, include="stem")], x)  # shadowed by rule 0
     with pytest.raises(SurgeryError, match="decide no conv"):
         convert(model, ConvRule(2, include="no_such_layer"), x)
-    _, report = convert(model, [ConvRule(2, include="stem"), ConvRule(3, include="nothing")], x, allow_unused_rules=True)
+    _, report = convert(model, [ConvRule(2, include="stem"), ConvRule(3, include="nothing")], x,
+                        allow_unused_rules=True)
     assert report.unused_rules == (1,) and "UNUSED" in str(report)
 
 

@@ -182,9 +182,13 @@ def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
     records: list[LayerInfo] = []
 
     def interceptor(next_fun, call_args, call_kwargs, context):
+        before = len(records)
         y = next_fun(*call_args, **call_kwargs)
         if context.method_name == "__call__" and isinstance(context.module, (CSRConv, nn.Conv, nn.Dense)):
-            info = _layer_info(context.module, call_args[0], y)
+            # A conv replaced in place (csr_jax.surgery) runs a CSRConv inside its own call;
+            # that CSRConv is the layer that exists, so the conv itself is not counted again.
+            replaced = any(r.kind == "csr_conv" for r in records[before:])
+            info = None if replaced else _layer_info(context.module, call_args[0], y)
             if info is not None:
                 records.append(info)
         return y

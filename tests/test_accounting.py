@@ -86,3 +86,20 @@ def test_count_params_ignores_batch_stats():
     variables = {"params": {"w": jnp.zeros((3, 4))}, "batch_stats": {"mean": jnp.zeros((100,))}}
     assert accounting.count_params(variables) == 12
     assert accounting.count_params(variables["params"]) == 12
+
+
+def test_layer_report_counts_a_surgery_converted_conv_once():
+    from csr_jax.surgery import ConvRule, convert
+
+    class Foreign(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.Conv(16, (3, 3))(x)
+            return nn.Conv(24, (1, 1))(x)
+
+    x = jax.ShapeDtypeStruct((1, 8, 8, 8), jnp.float32)
+    converted, _ = convert(Foreign(), [ConvRule(4, kernel_sizes=1)], x)
+    report = accounting.layer_report(converted, x)
+    assert [r.kind for r in report] == ["conv", "csr_conv"]
+    params = accounting.count_params(jax.eval_shape(converted.init, jax.random.key(0), x))
+    assert sum(r.params for r in report) == params

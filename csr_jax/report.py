@@ -24,7 +24,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 __all__ = [
     "SUMMARY_FILE",
@@ -199,6 +199,9 @@ def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3 rather than 3x10^0 on the log axis.
+    ax_loss.yaxis.set_major_formatter(plain)
+    ax_loss.yaxis.set_minor_formatter(plain)
     ax_acc.legend(fontsize=8, loc="lower right")
     datasets = sorted({str(r.summary.get("dataset", "?")) for r in runs})
     fig.suptitle(title or f"training curves ({', '.join(datasets)})")

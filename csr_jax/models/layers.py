@@ -1,0 +1,158 @@
+"""Building blocks shared by the backbones: the conv factory, BatchNorm, pooling, inits.
+
+Every backbone creates its convolutions through a :class:`ConvFactory`, never through
+``nn.Conv`` directly. The factory asks the CSR policy about each conv (its path, role, block and
+shape) and builds either an ordinary ``nn.Conv`` or a ``CSRConv`` under the same name, so one
+backbone definition yields both the ordinary and the CSR network, with identical module paths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from csr_jax.csr_conv import CSRConv
+from csr_jax.policy import ConvSite, CSRPolicy, decide
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# PyTorch's default conv/linear weight init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
+torch_default_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# torchvision's conv init for ResNet / MobileNetV2 / EfficientNet / VGG: kaiming_normal_(fan_out, relu).
+kaiming_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# kaiming_normal_ with its defaults (fan_in, relu), used by the CIFAR ResNets of He et al.
+kaiming_fan_in: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvFactory:
+    """Creates a backbone's convs: ``nn.Conv``, or ``CSRConv`` where the policy says so.
+
+    Attributes:
+      policy: the CSR policy; None builds the ordinary network.
+      dtype: compute dtype of every conv (parameters stay ``param_dtype``).
+      param_dtype: parameter dtype.
+      unroll: passed to ``CSRConv`` (unroll factor of the hidden-path scan).
+    """
+
+    policy: CSRPolicy | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    unroll: int = 1
+
+    def __call__(
+        self,
+        parent: nn.Module,
+        x: Array,
+        *,
+        name: str,
+        features: int,
+        kernel_size: int | tuple[int, int],
+        role: str,
+        block: int | None = None,
+        strides: int = 1,
+        padding: int | str | None = None,
+        use_bias: bool = False,
+        groups: int = 1,
+        kernel_init: Initializer = torch_default_init,
+    ) -> Array:
+        """Create the conv ``name`` as a child of ``parent`` (call from its compact method), apply it.
+
+        ``padding`` None means PyTorch's symmetric ``(k - 1) // 2``, which torchvision layouts
+        rely on (JAX's 'SAME' pads stride-2 convs asymmetrically). ``role`` and ``block`` are
+        what the policy selects on; ``kernel_init`` applies to ordinary convs only (``CSRConv``
+        keeps the reference's init).
+        """
+        ks = _pair(kernel_size)
+        if padding is None:
+            padding = (ks[0] - 1) // 2 if ks[0] == ks[1] else ((ks[0] - 1) // 2, (ks[1] - 1) // 2)
+        c_in = int(x.shape[-1])
+        site = ConvSite(
+            path="/".join((*map(str, parent.path), name)),
+            role=role,
+            block=block,
+            in_channels=c_in,
+            out_channels=features,
+            kernel_size=ks,
+            groups=groups,
+            use_bias=use_bias,
+        )
+        steps = decide(self.policy, site).steps
+        if steps == 1:
+            layer: nn.Module = nn.Conv(
+                features, ks, strides=strides, padding=padding, use_bias=use_bias,
+                feature_group_count=groups, dtype=self.dtype, param_dtype=self.param_dtype,
+                kernel_init=kernel_init, name=name)
+        else:
+            if groups != 1 and not site.depthwise:
+                raise ValueError(
+                    f"{site.path}: CSRConv supports ordinary (groups=1) and depthwise convs only, "
+                    f"not groups={groups} with {c_in}->{features} channels; exclude this layer from the policy.")
+            layer = CSRConv(
+                features, ks, steps, strides=strides, padding=padding, use_bias=use_bias,
+                depthwise=site.depthwise, dtype=self.dtype, param_dtype=self.param_dtype,
+                unroll=self.unroll, name=name)
+        return layer(x)
+
+
+def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
+
+    Statistics are always reduced in float32, also for bf16 compute.
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name)
+
+
+def global_avg_pool(x: Array) -> Array:
+    """Mean over H and W: (N, H, W, C) -> (N, C)."""
+    return jnp.mean(x, axis=(1, 2))
+
+
+def _adaptive_pool_matrix(size_in: int, size_out: int) -> np.ndarray:
+    # PyTorch's adaptive pooling windows: [floor(i*in/out), ceil((i+1)*in/out)).
+    m = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = -((-(i + 1) * size_in) // size_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
+
+
+def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
+    """``torch.nn.AdaptiveAvgPool2d`` on NHWC input: exact windows, also when upsampling.
+
+    torchvision's VGG pools to 7x7 whatever the input size; two small averaging matrices
+    express that as one contraction.
+    """
+    ph = jnp.asarray(_adaptive_pool_matrix(x.shape[1], output_size[0]), x.dtype)
+    pw = jnp.asarray(_adaptive_pool_matrix(x.shape[2], output_size[1]), x.dtype)
+    return jnp.einsum("ih,jw,nhwc->nijc", ph, pw, x)
+
+
+def classifier(x: Array, num_classes: int, dtype: Dtype | None, kernel_init: Initializer = torch_default_init,
+               name: str = "classifier") -> Array:
+    """The final dense layer; logits come back in float32 so the loss is computed accurately
+    whatever the compute dtype."""
+    return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, name=name)(x).astype(jnp.float32)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """torchvision's ``_make_divisible``: round channels to a multiple of ``divisor``, never
+    dropping more than 10% (used by MobileNetV2 and EfficientNet width scaling)."""
+    min_value = divisor if min_value is None else min_value
+    new = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new < 0.9 * value:
+        new += divisor
+    return new

@@ -1,0 +1,117 @@
+"""MobileNetV2: the CSR reference's CIFAR-10 variant and torchvision's ImageNet layout.
+
+Block numbering for CSR policies: the 17 inverted-residual blocks are blocks 1..17 (1-based, in
+order, as in the paper's "blocks 6..17"); stem and head have no block index. Roles: ``stem``,
+``expand`` (1x1 widening), ``depthwise`` (3x3), ``project`` (1x1 narrowing), ``head`` (1x1 to
+1280).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import linen as nn
+
+from csr_jax.models.layers import (
+    ConvFactory,
+    batch_norm,
+    classifier,
+    global_avg_pool,
+    kaiming_fan_out,
+    make_divisible,
+    torch_default_init,
+)
+
+Array = jax.Array
+
+# (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper.
+IMAGENET_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+# The reference CIFAR-10 variant keeps 32x32 resolution longer: stride 1 in the stem and in the
+# 24- and 32-channel stages, so only the 64- and 160-channel stages downsample (32 -> 8).
+CIFAR_CFG: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 1), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (BN, ReLU6) -> 3x3 depthwise (BN, ReLU6) -> 1x1 project (BN), plus the input when
+    the stride is 1 and the width is unchanged."""
+
+    features: int
+    strides: int
+    expand_ratio: int
+    block: int
+    conv: ConvFactory
+    always_expand: bool = False
+    dtype: Any = None
+    kernel_init: Any = kaiming_fan_out
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        c_in = x.shape[-1]
+        hidden = int(round(c_in * self.expand_ratio))
+        kw = dict(block=self.block, kernel_init=self.kernel_init)
+        y = x
+        # torchvision drops the expand conv when t == 1; the CSR reference keeps it (32 -> 32).
+        if self.expand_ratio != 1 or self.always_expand:
+            y = self.conv(self, y, name="expand", features=hidden, kernel_size=1, role="expand", **kw)
+            y = nn.relu6(batch_norm(train, self.dtype, "expand_bn")(y))
+        y = self.conv(self, y, name="depthwise", features=hidden, kernel_size=3, strides=self.strides,
+                      groups=hidden, role="depthwise", **kw)
+        y = nn.relu6(batch_norm(train, self.dtype, "depthwise_bn")(y))
+        y = self.conv(self, y, name="project", features=self.features, kernel_size=1, role="project", **kw)
+        y = batch_norm(train, self.dtype, "project_bn")(y)
+        if self.strides == 1 and c_in == self.features:
+            y = y + x.astype(y.dtype)
+        return y
+
+
+class MobileNetV2(nn.Module):
+    """Stem 3x3 conv (BN, ReLU6), 17 inverted residuals, 1x1 head conv (BN, ReLU6), global
+    average pool, dropout, dense.
+
+    Attributes:
+      num_classes: output classes.
+      variant: ``'imagenet'`` (torchvision: stem stride 2, t=1 block without expand conv,
+        dropout 0.2, torchvision inits) or ``'cifar'`` (the CSR reference: stem stride 1,
+        :data:`CIFAR_CFG` strides, every block with an expand conv, no dropout, PyTorch default
+        inits).
+      width_mult: channel multiplier, channels rounded to multiples of 8 as in torchvision.
+      cfg: override of the (t, c, n, s) table; None takes the variant's.
+      dropout_rate: None takes the variant's.
+      conv, dtype: conv factory and compute dtype.
+    """
+
+    num_classes: int
+    variant: str = "imagenet"
+    width_mult: float = 1.0
+    cfg: tuple[tuple[int, int, int, int], ...] | None = None
+    dropout_rate: float | None = None
+    conv: ConvFactory = ConvFactory()
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        if self.variant not in ("cifar", "imagenet"):
+            raise ValueError(f"MobileNetV2.variant must be 'cifar' or 'imagenet', got {self.variant!r}.")
+        cifar = self.variant == "cifar"
+        cfg = self.cfg if self.cfg is not None else (CIFAR_CFG if cifar else IMAGENET_CFG)
+        init = torch_default_init if cifar else kaiming_fan_out
+        dropout = self.dropout_rate if self.dropout_rate is not None else (0.0 if cifar else 0.2)
+        x = self.conv(self, x, name="stem", features=make_divisible(32 * self.width_mult), kernel_size=3,
+                      strides=1 if cifar else 2, role="stem", kernel_init=init)
+        x = nn.relu6(batch_norm(train, self.dtype, "stem_bn")(x))
+        index = 0
+        for t, c, n, s in cfg:
+            for i in range(n):
+                index += 1
+                x = InvertedResidual(make_divisible(c * self.width_mult), s if i == 0 else 1, t, index, self.conv,
+                                     always_expand=cifar, dtype=self.dtype, kernel_init=init,
+                                     name=f"block_{index}")(x, train)
+        head = make_divisible(1280 * max(1.0, self.width_mult))
+        x = self.conv(self, x, name="head", features=head, kernel_size=1, role="head", kernel_init=init)
+        x = nn.relu6(batch_norm(train, self.dtype, "head_bn")(x))
+        x = nn.Dropout(dropout, deterministic=not train)(global_avg_pool(x))
+        dense_init = torch_default_init if cifar else nn.initializers.normal(0.01)
+        return classifier(x, self.num_classes, self.dtype, kernel_init=dense_init)

@@ -1,0 +1,24 @@
+"""Training: state, optimizer, jitted steps over a data-parallel mesh, checkpoints, the loop.
+
+`train_and_evaluate(config, workdir)` is the entry point; the other names are the pieces it is
+built from, exported for notebooks, benchmarks and tests.
+"""
+
+from csr_jax.train.checkpoint import IDENTITY_FIELDS, Checkpointer, check_compatible
+from csr_jax.train.distributed import initialize_distributed
+from csr_jax.train.errors import ConfigError, IncompatibleWorkdirError, NonFiniteLossError
+from csr_jax.train.loop import evaluate, train_and_evaluate
+from csr_jax.train.mesh import (batch_sharding, check_batch_size, global_batch, make_data_mesh,
+                                replicated_sharding)
+from csr_jax.train.optim import make_optimizer, make_schedule, total_steps, weight_decay_mask
+from csr_jax.train.state import TrainState, count_params, create_train_state
+from csr_jax.train.steps import cross_entropy, make_eval_step, make_train_step
+
+__all__ = [
+    'IDENTITY_FIELDS', 'Checkpointer', 'ConfigError', 'IncompatibleWorkdirError',
+    'NonFiniteLossError', 'TrainState', 'batch_sharding', 'check_batch_size', 'check_compatible',
+    'count_params', 'create_train_state', 'cross_entropy', 'evaluate', 'global_batch',
+    'initialize_distributed', 'make_data_mesh', 'make_eval_step', 'make_optimizer',
+    'make_schedule', 'make_train_step', 'replicated_sharding', 'total_steps',
+    'train_and_evaluate', 'weight_decay_mask',
+]

@@ -1,0 +1,288 @@
+"""`train_and_evaluate(config, workdir)`: the training loop.
+
+Builds everything from the config (data, model, optimizer, mesh), resumes from the workdir's
+latest checkpoint, trains with periodic logging/eval/checkpoints, and writes summary.json.
+The order of the checks is deliberate: cheap validation (dataset, model, batch size, workdir
+compatibility) happens before anything is compiled or written, so a bad command fails in seconds
+and never touches an existing run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from etils import epath
+
+from csr_jax import data as data_lib
+from csr_jax import models as models_lib
+from csr_jax.train import optim
+from csr_jax.train.checkpoint import Checkpointer, check_compatible
+from csr_jax.train.errors import ConfigError, NonFiniteLossError
+from csr_jax.train.mesh import check_batch_size, global_batch, make_data_mesh, replicated_sharding
+from csr_jax.train.metrics import TrainMetrics, create_writer
+from csr_jax.train.preemption import PreemptionWatcher
+from csr_jax.train.state import TrainState, count_params, create_train_state
+from csr_jax.train.steps import make_eval_step, make_train_step
+from csr_jax.train.summary import environment, format_table, write_summary
+
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+
+
+def csr_setting(config: ml_collections.ConfigDict) -> str | dict[str, Any] | None:
+  """`config.csr` with the spellings of "ordinary network" ('none', '', None) mapped to None."""
+  csr = config.get('csr')
+  if hasattr(csr, 'to_dict'):  # A CSRPolicy in its dict form.
+    return csr.to_dict()
+  if csr is None or (isinstance(csr, str) and csr.strip().lower() in ('', 'none', 'off')):
+    return None
+  return csr
+
+
+def compute_dtype(config: ml_collections.ConfigDict):
+  """The model's compute dtype (params stay float32)."""
+  name = config.get('dtype') or 'float32'
+  if name not in _DTYPES:
+    raise ConfigError(f'Unknown config.dtype {name!r}; choose one of {sorted(_DTYPES)}.')
+  return _DTYPES[name]
+
+
+def _every(step: int, every: int | None) -> bool:
+  return bool(every) and every > 0 and step % every == 0
+
+
+def config_record(config: ml_collections.ConfigDict, info: Any) -> dict[str, Any]:
+  """The config as saved with checkpoints, plus what was derived from the dataset."""
+  record = config.to_dict()
+  record['csr'] = csr_setting(config)
+  record['num_classes'] = int(info.num_classes)
+  record['image_shape'] = [int(d) for d in info.image_shape]
+  return record
+
+
+def _model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  overrides = config.get('model_overrides')
+  if overrides is None:
+    return {}
+  return dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
+
+
+def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, mesh,
+             eval_batch_size: int) -> dict[str, float]:
+  """Accuracy and loss over the whole eval split, every example counted exactly once.
+
+  `config.eval_max_batches` (smoke runs only) stops after that many batches; every process
+  gets the same number of batches, so all stop together.
+  """
+  totals = None
+  max_batches = config.get('eval_max_batches')
+  batches = data_lib.make_eval_iterator(config.dataset, global_batch_size=eval_batch_size,
+                                        data_dir=config.get('data_dir'),
+                                        image_size=config.get('image_size'))
+  for i, batch in enumerate(batches):
+    if max_batches is not None and i >= max_batches:
+      break
+    sums = eval_step(state, global_batch(batch, mesh))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError(f'The eval split of {config.dataset!r} yielded no batches.')
+  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+  count = totals['count']
+  if count <= 0:
+    raise ValueError(f'The eval split of {config.dataset!r} has no examples (all masked).')
+  result = {'accuracy': totals['correct'] / count, 'loss': totals['loss'] / count,
+            'num_examples': count}
+  if 'correct_top5' in totals:
+    result['top5_accuracy'] = totals['correct_top5'] / count
+  return result
+
+
+def _nonfinite_error(step: int, lr: float, ckpt: Checkpointer, workdir: str) -> NonFiniteLossError:
+  last = ckpt.latest_step()
+  kept = (f'The last good checkpoint (step {last}) in {workdir} is kept; rerunning resumes '
+          'from it.' if last is not None else 'No checkpoint had been saved yet.')
+  return NonFiniteLossError(
+      f'Training diverged: the loss or gradients became NaN/Inf at step {step} (learning rate '
+      f'{lr:.4g}). {kept} Try a lower --config.learning_rate, a longer '
+      '--config.warmup_epochs, gradient clipping (--config.grad_clip_norm=1.0) or '
+      '--config.dtype=float32.')
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains `config` in `workdir` (resuming if it holds a checkpoint); returns the summary.
+
+  On SIGTERM the current step finishes, a checkpoint is saved and the returned dict has
+  `preempted=True` (no summary.json is written: the run is not over).
+  """
+  wall_start = time.time()
+  csr = csr_setting(config)
+  dtype = compute_dtype(config)
+  data_dir, image_size = config.get('data_dir'), config.get('image_size')
+
+  # 1. Validate everything cheap before compiling or writing anything.
+  info = data_lib.get_info(config.dataset, data_dir=data_dir, image_size=image_size)
+  mesh = make_data_mesh()
+  batch_size = int(config.batch_size)
+  eval_batch_size = int(config.get('eval_batch_size') or batch_size)
+  check_batch_size(batch_size, mesh, 'batch_size')
+  check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
+  model = models_lib.create(config.model, num_classes=info.num_classes, csr=csr, dtype=dtype,
+                            **_model_overrides(config))
+  record = config_record(config, info)
+
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  ckpt = Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3) or 3))
+  saved = ckpt.saved_config()
+  if saved is not None:
+    check_compatible(saved, record, workdir)
+  else:
+    ckpt.write_config(record)
+
+  # 2. Schedule, optimizer, state.
+  steps_per_epoch = max(1, info.num_train // batch_size)
+  num_steps = optim.total_steps(config, steps_per_epoch)
+  schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
+  input_shape = tuple(info.image_shape)
+  abstract_params = jax.eval_shape(
+      lambda: model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
+                         jnp.zeros((1,) + input_shape, jnp.float32), train=False))['params']
+  tx = optim.make_optimizer(config, schedule, abstract_params)
+  init_rng, dropout_seed = jax.random.split(jax.random.PRNGKey(int(config.seed)))
+  state = create_train_state(model, tx, init_rng, input_shape, mesh)
+  num_params = count_params(state.params)
+  # A global (replicated) array, as jit inputs must be in a multi-process job.
+  dropout_rng = jax.jit(lambda: dropout_seed, out_shardings=replicated_sharding(mesh))()
+
+  train_iter = data_lib.make_train_iterator(config.dataset, global_batch_size=batch_size,
+                                            seed=int(config.seed), data_dir=data_dir,
+                                            image_size=image_size)
+  resumed_from = ckpt.latest_step()
+  if resumed_from is not None:
+    state, data_state = ckpt.restore(resumed_from, like=state)
+    if data_state is not None:
+      train_iter.set_state(data_state)
+    else:
+      logging.warning('The checkpoint was written by a different number of processes; the data '
+                      'order restarts from the beginning of the seed %d stream.', config.seed)
+    if jax.process_index() == 0:
+      print(f'Resuming from the checkpoint at step {resumed_from} in {workdir}', flush=True)
+
+  train_step = make_train_step(mesh, state, num_classes=info.num_classes,
+                               learning_rate_fn=schedule,
+                               label_smoothing=float(config.get('label_smoothing', 0.0) or 0.0))
+  eval_step = make_eval_step(mesh, state, num_classes=info.num_classes)
+
+  # 3. Train.
+  is_main = jax.process_index() == 0
+  writer = create_writer(workdir, tensorboard=bool(config.get('tensorboard', True)))
+  if resumed_from is None:
+    writer.write_hparams({k: v for k, v in record.items() if not isinstance(v, dict)})
+  watcher = PreemptionWatcher()
+  pending = TrainMetrics()
+  log_every = int(config.get('log_every_steps', 50) or 0)
+  eval_every = int(config.get('eval_every_steps', 0) or 0)
+  ckpt_every = int(config.get('checkpoint_every_steps', 0) or 0)
+  step = int(jax.device_get(state.step))
+  start_step = step
+  eval_result: dict[str, float] | None = None
+  last_train: dict[str, float] = {}
+  train_time, train_images, compile_time = 0.0, 0, None
+  segment_start, segment_steps = time.time(), 0
+  preempted = False
+  bar = tqdm.tqdm(total=num_steps, initial=step, desc='train', unit='step', dynamic_ncols=True,
+                  disable=not is_main, mininterval=1.0)
+  try:
+    while step < num_steps:
+      batch = global_batch(next(train_iter), mesh)
+      state, metrics = train_step(state, batch, dropout_rng)
+      step += 1
+      bar.update(1)
+      pending.add(step, metrics)
+      if compile_time is None:
+        jax.block_until_ready(metrics)
+        compile_time = time.time() - segment_start
+        segment_start, segment_steps = time.time(), 0
+      else:
+        segment_steps += 1
+
+      stop = watcher.should_stop(step)
+      last = step == num_steps
+      do_eval = last or _every(step, eval_every)
+      do_save = last or stop or _every(step, ckpt_every)
+      if do_eval or do_save or _every(step, log_every):
+        summary, first_bad = pending.summarize()  # Syncs with the device.
+        if first_bad is not None:
+          raise _nonfinite_error(first_bad, summary.get('learning_rate', float('nan')), ckpt,
+                                 workdir)
+        now = time.time()
+        if segment_steps:
+          train_time += now - segment_start
+          train_images += segment_steps * batch_size
+          summary['images_per_sec'] = segment_steps * batch_size / max(now - segment_start, 1e-9)
+        last_train = summary
+        writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
+        bar.set_postfix(loss=f"{summary['loss']:.4f}", refresh=False)
+        if do_eval:
+          eval_result = evaluate(eval_step, state, config, mesh, eval_batch_size)
+          writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_result.items()})
+          if is_main:
+            bar.write(f"step {step}: eval accuracy {eval_result['accuracy']:.4f}, "
+                      f"loss {eval_result['loss']:.4f}")
+        if do_save:
+          ckpt.save(step, state, train_iter.get_state(), record)
+        segment_start, segment_steps = time.time(), 0
+      if stop:
+        preempted = True
+        break
+    if not preempted and eval_result is None:  # Resumed a finished run: evaluate it again.
+      eval_result = evaluate(eval_step, state, config, mesh, eval_batch_size)
+      writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_result.items()})
+  finally:
+    bar.close()
+    ckpt.close()  # Waits for asynchronous saves: never exit with a half-written checkpoint.
+    writer.close()
+    watcher.close()
+
+  if preempted:
+    msg = (f'Preempted (SIGTERM): saved a checkpoint at step {step}/{num_steps} in {workdir}. '
+           'Rerun the same command to resume.')
+    logging.warning(msg)
+    return {'preempted': True, 'step': step, 'num_train_steps': num_steps, 'workdir': workdir,
+            'message': msg}
+
+  result: dict[str, Any] = {
+      'model': config.model,
+      'csr': csr,
+      'dataset': config.dataset,
+      'num_classes': int(info.num_classes),
+      'image_shape': list(input_shape),
+      'num_params': num_params,
+      'step': step,
+      'num_train_steps': num_steps,
+      'steps_this_run': step - start_step,
+      'resumed_from_step': resumed_from,
+      'batch_size': batch_size,
+      'dtype': str(config.get('dtype') or 'float32'),
+      'eval_accuracy': eval_result['accuracy'],
+      'eval_loss': eval_result['loss'],
+      'eval_examples': int(eval_result['num_examples']),
+      'train_loss': last_train.get('loss'),
+      'images_per_sec': train_images / train_time if train_time > 0 else None,
+      'compile_time_s': compile_time,
+      'wall_time_s': time.time() - wall_start,
+      'workdir': str(workdir),
+      'preempted': False,
+  }
+  if 'top5_accuracy' in eval_result:
+    result['eval_top5_accuracy'] = eval_result['top5_accuracy']
+  result.update(environment())
+  write_summary(workdir, result)
+  if is_main:
+    print(format_table(result), flush=True)
+  return result

@@ -1,0 +1,62 @@
+"""The train state: step, params, BatchNorm statistics and optimizer state in one pytree.
+
+`flax.training.train_state.TrainState` plus `batch_stats`, so that a checkpoint and the jitted
+step both see everything that changes during training as a single object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from csr_jax.train.mesh import replicated_sharding
+
+
+_FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+
+
+class TrainState(train_state.TrainState):
+  """`TrainState` with the model's non-trainable `batch_stats` collection."""
+  batch_stats: Any = None
+
+
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
+                       input_shape: tuple[int, ...], mesh: Mesh) -> TrainState:
+  """Initialises the model and optimizer directly into replicated device buffers.
+
+  Initialisation runs under `jit` with a replicated output sharding: every process computes the
+  same values from the same `rng` (no broadcast needed) and large models never materialise on
+  the host first. Params are float32 whatever the compute dtype.
+  """
+  def init(rng):
+    params_rng, dropout_rng = jax.random.split(rng)
+    dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+    variables = model.init({'params': params_rng, 'dropout': dropout_rng}, dummy, train=False)
+    params = variables['params']
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             batch_stats=variables.get('batch_stats', {}))
+
+  abstract = jax.eval_shape(init, rng)
+  shardings = jax.tree.map(lambda _: replicated_sharding(mesh), abstract)
+  # Initialisation runs once and is mostly threefry random bits, one block per parameter:
+  # XLA:CPU's optimising backend spends 4x longer compiling it than running it unoptimised
+  # (16 s vs 4 s for ResNet-56), so on CPU it is compiled without backend optimisation.
+  options = _FAST_COMPILE if mesh.devices.flat[0].platform == 'cpu' else None
+  return jax.jit(init, out_shardings=shardings, compiler_options=options)(rng)
+
+
+def abstract_train_state(state: TrainState) -> TrainState:
+  """Shapes, dtypes and shardings of `state`: the restore target for a checkpoint."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def count_params(params: Any) -> int:
+  """Number of trainable scalars (the `params` collection; BatchNorm statistics excluded)."""
+  return int(sum(x.size for x in jax.tree.leaves(params)))

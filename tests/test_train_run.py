@@ -1,0 +1,120 @@
+"""End-to-end runs: the default command, a CIFAR config under tfds mock data, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from csr_jax.data import DatasetNotFoundError
+from csr_jax.policy import PolicyError
+from csr_jax.train import NonFiniteLossError, train_and_evaluate
+
+from tests import test_train_support as support
+
+SUMMARY_FIELDS = ('eval_accuracy', 'eval_loss', 'num_params', 'step', 'images_per_sec', 'model',
+                  'csr', 'dataset', 'wall_time_s', 'jax_version', 'device_kind', 'num_devices',
+                  'num_processes')
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory) -> Path:
+    root = support.session_root(tmp_path_factory)
+    support.enable_compile_cache(root)
+    return root
+
+
+def test_default_command_trains_the_digits_csr_network(root, tmp_path):
+    """`python -m experiments.train` (here cut to 3 steps) on the default config."""
+    workdir = tmp_path / 'run'
+    proc = support.run_cli(['--config.num_train_steps=3', f'--workdir={workdir}'],
+                           support.subprocess_env(root))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'workdir: {workdir}' in proc.stdout
+    summary = json.loads((workdir / 'summary.json').read_text())
+    for field in SUMMARY_FIELDS:
+        assert field in summary, field
+    assert (summary['model'], summary['csr'], summary['dataset']) == ('resnet20', 't2', 'digits')
+    assert summary['step'] == 3 and summary['eval_examples'] == 360
+    assert 0.0 <= summary['eval_accuracy'] <= 1.0 and math.isfinite(summary['eval_loss'])
+    assert summary['num_params'] > 0 and summary['num_devices'] == 1
+    assert 'eval accuracy' in proc.stdout and 'resnet20' in proc.stdout  # The result table.
+    records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert any('eval/accuracy' in r for r in records)
+    assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+    assert json.loads((workdir / 'config.json').read_text())['csr'] == 't2'
+
+
+def test_cifar_config_runs_under_tfds_mock_data(root, tmp_path):
+    """`cifar10_vgg16.py:runlocal`, narrowed to one conv per stage so it compiles in seconds."""
+    tfds = pytest.importorskip('tensorflow_datasets')
+    config = support.load_config(support.REPO / 'experiments/configs/cifar10_vgg16.py',
+                                 'runlocal')
+    config.model_overrides.widths = (4, 4, 8, 8, 8)
+    config.model_overrides.depths = (1, 1, 1, 1, 1)
+    config.num_train_steps = 1
+    config.tensorboard = False
+    with tfds.testing.mock_data(num_examples=24):
+        summary = train_and_evaluate(config, str(tmp_path))
+    assert (summary['model'], summary['csr'], summary['dataset']) == ('vgg16_cifar', 't2',
+                                                                      'cifar10')
+    assert summary['step'] == 1 and summary['num_classes'] == 10
+    assert summary['eval_examples'] == 16  # eval_max_batches=2 batches of 8.
+    assert math.isfinite(summary['eval_loss']) and math.isfinite(summary['train_loss'])
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: each fails fast, with a message that says what to do.
+
+def _tiny(root: Path, arg=None):
+    return support.load_config(support.write_tiny_config(root), arg)
+
+
+@pytest.mark.parametrize('field,value,error,message', [
+    ('dataset', 'mnist_nope', ValueError, 'available: '),
+    ('model', 'resnet_nope', ValueError, 'valid models'),
+    ('csr', 't_nope', PolicyError, "Unknown CSR preset 't_nope'"),
+])
+def test_unknown_names_are_refused_before_anything_is_written(root, tmp_path, field, value,
+                                                              error, message):
+    config = _tiny(root)
+    config[field] = value
+    workdir = tmp_path / 'run'
+    with pytest.raises(error, match=message):
+        train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_missing_dataset_names_the_prepare_command(root, tmp_path):
+    config = _tiny(root)
+    config.dataset = 'cifar10'
+    config.data_dir = str(tmp_path / 'empty')
+    with pytest.raises(DatasetNotFoundError, match='prepare_data cifar10'):
+        train_and_evaluate(config, str(tmp_path / 'run'))
+
+
+def test_cli_prints_user_errors_without_a_traceback(root, tmp_path):
+    proc = support.run_cli(['--config.model=resnet_nope', f'--workdir={tmp_path}/run'],
+                           support.subprocess_env(root), timeout=120)
+    assert proc.returncode == 1
+    assert 'error: ' in proc.stderr and 'valid models' in proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(root, tmp_path):
+    config = _tiny(root, 'nan')  # Learning rate 1e20, a checkpoint every step.
+    with pytest.raises(NonFiniteLossError) as e:
+        train_and_evaluate(config, str(tmp_path))
+    msg = str(e.value)
+    assert 'NaN/Inf' in msg and 'learning_rate' in msg and 'float32' in msg
+    bad_step = int(msg.split('at step ')[1].split(' ')[0])
+    assert bad_step >= 2
+    assert f'last good checkpoint (step {bad_step - 1})' in msg
+    arrays = support.final_arrays(tmp_path)
+    assert int(arrays['step']) == bad_step - 1
+    for leaf in __import__('jax').tree.leaves(arrays['params']):
+        assert np.all(np.isfinite(leaf))
+    assert not (tmp_path / 'summary.json').exists()

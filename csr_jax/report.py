@@ -24,7 +24,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 __all__ = [
     "SUMMARY_FILE",
@@ -201,7 +201,9 @@ def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3 rather than 3x10^0 on the log axis.
     ax_loss.yaxis.set_major_formatter(plain)
-    ax_loss.yaxis.set_minor_formatter(plain)
+    low, high = ax_loss.get_ylim()
+    # Within one decade only minor ticks carry values; over several they would crowd the axis.
+    ax_loss.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
     ax_acc.legend(fontsize=8, loc="lower right")
     datasets = sorted({str(r.summary.get("dataset", "?")) for r in runs})
     fig.suptitle(title or f"training curves ({', '.join(datasets)})")

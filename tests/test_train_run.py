@@ -6,9 +6,11 @@ import json
 import math
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from csr_jax import data as data_lib
 from csr_jax.data import DatasetNotFoundError
 from csr_jax.policy import PolicyError
 from csr_jax.train import NonFiniteLossError, train_and_evaluate
@@ -41,9 +43,13 @@ def test_default_command_trains_the_digits_csr_network(root, tmp_path):
     assert summary['step'] == 3 and summary['eval_examples'] == 360
     assert 0.0 <= summary['eval_accuracy'] <= 1.0 and math.isfinite(summary['eval_loss'])
     assert summary['num_params'] > 0 and summary['num_devices'] == 1
+    assert 'eval_top5_accuracy' not in summary  # Top-5 only from 100 classes.
     assert 'eval accuracy' in proc.stdout and 'resnet20' in proc.stdout  # The result table.
     records = [json.loads(l) for l in (workdir / 'metrics.jsonl').read_text().splitlines()]
     assert any('eval/accuracy' in r for r in records)
+    train = [r for r in records if 'train/loss' in r]
+    assert train and all('train/learning_rate' in r for r in train)
+    assert any('train/images_per_sec' in r for r in train)
     assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
     assert json.loads((workdir / 'config.json').read_text())['csr'] == 't2'
 
@@ -104,17 +110,41 @@ def test_cli_prints_user_errors_without_a_traceback(root, tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(root, tmp_path):
-    config = _tiny(root, 'nan')  # Learning rate 1e20, a checkpoint every step.
+def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(root, tmp_path,
+                                                                       monkeypatch):
+    """Batch 3 carries a NaN pixel: step 3's loss is NaN, checkpoints 1 and 2 stay finite."""
+    original = data_lib.make_train_iterator
+
+    def poisoned(*args, **kwargs):
+        it = original(*args, **kwargs)
+
+        class Poisoned:
+            count = 0
+
+            def __next__(self):
+                batch = dict(next(it))
+                Poisoned.count += 1
+                if Poisoned.count == 3:
+                    batch['image'] = batch['image'].copy()
+                    batch['image'][0, 0, 0, 0] = np.nan
+                return batch
+
+            def get_state(self):
+                return it.get_state()
+
+        return Poisoned()
+
+    monkeypatch.setattr(data_lib, 'make_train_iterator', poisoned)
+    config = _tiny(root)
+    config.checkpoint_every_steps = 1
     with pytest.raises(NonFiniteLossError) as e:
         train_and_evaluate(config, str(tmp_path))
     msg = str(e.value)
-    assert 'NaN/Inf' in msg and 'learning_rate' in msg and 'float32' in msg
-    bad_step = int(msg.split('at step ')[1].split(' ')[0])
-    assert bad_step >= 2
-    assert f'last good checkpoint (step {bad_step - 1})' in msg
+    assert 'NaN/Inf at step 3' in msg
+    assert '--config.learning_rate' in msg and '--config.dtype=float32' in msg
+    assert 'last good checkpoint (step 2)' in msg
     arrays = support.final_arrays(tmp_path)
-    assert int(arrays['step']) == bad_step - 1
-    for leaf in __import__('jax').tree.leaves(arrays['params']):
+    assert int(arrays['step']) == 2
+    for leaf in jax.tree.leaves(arrays['params']):
         assert np.all(np.isfinite(leaf))
     assert not (tmp_path / 'summary.json').exists()

@@ -42,9 +42,6 @@ TINY_CONFIG = textwrap.dedent('''
         config.eval_every_steps = 4
         config.checkpoint_every_steps = 4
         config.tensorboard = False
-        if arg == 'nan':
-            config.learning_rate = 1e20
-            config.checkpoint_every_steps = 1
         return config
 ''').format(num_steps=NUM_STEPS)
 

@@ -17,10 +17,11 @@ import pytest
 from csr_jax import data as data_lib
 from csr_jax import models
 from csr_jax.train import (ConfigError, IncompatibleWorkdirError, check_batch_size,
+                           initialize_distributed,
                            check_compatible, create_train_state, cross_entropy, global_batch,
                            make_data_mesh, make_eval_step, make_optimizer, make_schedule,
                            make_train_step, total_steps, weight_decay_mask)
-from csr_jax.train.loop import csr_setting
+from csr_jax.train.loop import compute_dtype, csr_setting
 
 from tests import test_train_support as support
 
@@ -79,11 +80,15 @@ def test_decay_mask_exclusion_regex_and_decay_everything():
 
 
 class _Tiny(nn.Module):
+    num_classes: int = 3
+    dtype: object = None
+    width: int = 4
+
     @nn.compact
     def __call__(self, x, train: bool):
-        x = nn.Conv(4, (3, 3))(x)
-        x = nn.BatchNorm(use_running_average=not train)(x)
-        return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+        x = nn.Conv(self.width, (3, 3), dtype=self.dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, dtype=self.dtype)(x)
+        return nn.Dense(self.num_classes, dtype=self.dtype)(nn.relu(x).reshape(x.shape[0], -1))
 
 
 def test_sgd_step_applies_coupled_decay_to_kernels_only():
@@ -105,7 +110,7 @@ def test_sgd_step_applies_coupled_decay_to_kernels_only():
                                 train=True, mutable=['batch_stats'])
         return optax.softmax_cross_entropy(logits, jax.nn.one_hot(y, 3)).mean()
 
-    grads = jax.device_get(jax.grad(loss)(params0))
+    grads = jax.device_get(jax.jit(jax.grad(loss))(params0))
     step = make_train_step(mesh, state, num_classes=3, learning_rate_fn=schedule)
     new_state, metrics = step(state, global_batch({'image': np.asarray(x), 'label': np.asarray(y)},
                                                   mesh), jax.random.PRNGKey(2))
@@ -124,6 +129,8 @@ def test_unknown_optimizer_and_schedule_are_refused():
         make_optimizer(_opt_config(optimizer='lion'), optax.constant_schedule(0.1), {})
     with pytest.raises(ConfigError, match='cosine'):
         make_schedule(_opt_config(schedule='poly'), 10, 100)
+    with pytest.raises(ConfigError, match='bfloat16'):
+        compute_dtype(ml_collections.ConfigDict({'dtype': 'fp8'}))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,11 +180,17 @@ def test_label_smoothing_cross_entropy_matches_its_definition():
                                -np.asarray(logp)[np.arange(2), np.asarray(labels)], rtol=1e-6)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_loss_decreases_on_a_fixed_batch(dtype):
-    model = models.create('resnet20', num_classes=10, csr='t2', widths=(4, 8, 8), dtype=dtype)
+    """A CSR ResNet-20 in float32; bfloat16 compute (params stay float32) on a small CNN."""
+    compute = compute_dtype(ml_collections.ConfigDict({'dtype': dtype}))
+    assert compute == {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[dtype]
+    if dtype == 'float32':
+        model = models.create('resnet20', num_classes=10, csr='t2', widths=(4, 8, 8))
+    else:
+        model = _Tiny(num_classes=10, dtype=compute, width=32)
     mesh = make_data_mesh()
-    config = _opt_config(learning_rate=0.05)
+    config = _opt_config(learning_rate=0.05 if dtype == 'float32' else 0.5)
     schedule = make_schedule(config, 10, 100)
     params = jax.eval_shape(lambda: model.init({'params': jax.random.PRNGKey(0)},
                                                jnp.zeros((1, 8, 8, 1)), train=False))['params']
@@ -189,6 +202,10 @@ def test_loss_decreases_on_a_fixed_batch(dtype):
                           'label': rng.integers(0, 10, 16).astype(np.int32)}, mesh)
     step = make_train_step(mesh, state, num_classes=10, learning_rate_fn=schedule)
     losses = []
+    if dtype == 'bfloat16':
+        logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                             batch['image'], train=False)
+        assert logits.dtype == jnp.bfloat16
     for _ in range(15):
         state, metrics = step(state, batch, jax.random.PRNGKey(0))
         losses.append(float(metrics['loss']))
@@ -220,6 +237,31 @@ def test_eval_step_counts_only_masked_in_rows():
     logp = jax.nn.log_softmax(logits)
     expected_loss = -sum(float(logp[i, y[i]]) for i in np.flatnonzero(mask))
     assert float(sums['loss']) == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_eval_step_reports_top5_from_100_classes():
+    model = _Tiny(num_classes=100)
+    mesh = make_data_mesh()
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5, 5, 2)), train=False)
+    state = create_train_state(model, make_optimizer(_opt_config(), optax.constant_schedule(0.1),
+                                                     variables['params']),
+                               jax.random.PRNGKey(0), (5, 5, 2), mesh)
+    x = np.random.default_rng(2).normal(size=(4, 5, 5, 2)).astype(np.float32)
+    logits = np.asarray(model.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                                    x, train=False))
+    order = np.argsort(-logits, axis=-1)
+    y = np.array([order[0, 0], order[1, 3], order[2, 4], order[3, 5]], np.int32)  # Ranks 1,4,5,6.
+    sums = jax.device_get(make_eval_step(mesh, state, num_classes=100)(
+        state, global_batch({'image': x, 'label': y, 'mask': np.ones(4, bool)}, mesh)))
+    assert float(sums['correct']) == 1 and float(sums['correct_top5']) == 3
+
+
+def test_partial_multi_process_flags_are_refused():
+    with pytest.raises(ValueError, match='--num_processes'):
+        initialize_distributed('auto', coordinator_address='127.0.0.1:1234')
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        initialize_distributed('sometimes')
+    assert initialize_distributed('off') is False
 
 
 def test_batch_size_errors_say_what_to_use():

@@ -36,6 +36,7 @@ __all__ = [
     "decide",
     "get_preset",
     "preset_names",
+    "preset_reasons",
     "trace_decisions",
 ]
 
@@ -415,6 +416,15 @@ def preset_names(family: str) -> list[str]:
     if family in _REFERENCE:
         names.insert(0, "reference")
     return names
+
+
+def preset_reasons(family: str) -> dict[str, str]:
+    """Why each preset of a family picks the layers it picks: ``{'reference': ..., 't{N}': ...}``
+    (the ``t{N}`` text is shared by every N)."""
+    preset_names(family)  # validates the family
+    reasons = {"reference": _REFERENCE[family].description} if family in _REFERENCE else {}
+    reasons["t{N}"] = _t_rules(_T_FAMILY.get(family, family), 2)[1]
+    return reasons
 
 
 def get_preset(family: str, name: str, *, model: str | None = None) -> CSRPolicy:

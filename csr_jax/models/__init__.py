@@ -5,7 +5,15 @@ from csr_jax.models.densenet import DenseNet
 from csr_jax.models.efficientnet import EfficientNet
 from csr_jax.models.layers import ConvFactory
 from csr_jax.models.mobilenetv2 import MobileNetV2
-from csr_jax.models.registry import conv_plan, create, default_input_shape, get_policy, list_models, list_presets
+from csr_jax.models.registry import (
+    conv_plan,
+    create,
+    default_input_shape,
+    describe_presets,
+    get_policy,
+    list_models,
+    list_presets,
+)
 from csr_jax.models.resnet import CifarResNet, ImageNetResNet
 from csr_jax.models.vgg import VGG
 
@@ -20,6 +28,7 @@ __all__ = [
     "conv_plan",
     "create",
     "default_input_shape",
+    "describe_presets",
     "get_policy",
     "list_models",
     "list_presets",

@@ -34,10 +34,20 @@ from csr_jax.policy import (
     decide,
     get_preset,
     preset_names,
+    preset_reasons,
     trace_decisions,
 )
 
-__all__ = ["ModelSpec", "conv_plan", "create", "default_input_shape", "get_policy", "list_models", "list_presets"]
+__all__ = [
+    "ModelSpec",
+    "conv_plan",
+    "create",
+    "default_input_shape",
+    "describe_presets",
+    "get_policy",
+    "list_models",
+    "list_presets",
+]
 
 CIFAR = (32, 32, 3)
 IMAGENET = (224, 224, 3)
@@ -93,6 +103,11 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
 def list_presets(name: str) -> list[str]:
     """CSR preset names of a model; ``t{N}`` works for any N >= 1, the listed ones are examples."""
     return preset_names(_spec(name).family)
+
+
+def describe_presets(name: str) -> dict[str, str]:
+    """Why each preset of a model picks its layers: ``{'reference': ..., 't{N}': ...}``."""
+    return preset_reasons(_spec(name).family)
 
 
 def get_policy(name: str, csr: None | str | CSRPolicy | Mapping[str, Any]) -> CSRPolicy | None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -21,7 +19,7 @@ from csr_jax.train import (ConfigError, IncompatibleWorkdirError, check_batch_si
                            check_compatible, create_train_state, cross_entropy, global_batch,
                            make_data_mesh, make_eval_step, make_optimizer, make_schedule,
                            make_train_step, total_steps, weight_decay_mask)
-from csr_jax.train.loop import compute_dtype, csr_setting
+from csr_jax.train.run_config import compute_dtype, csr_setting
 
 from tests import test_train_support as support
 

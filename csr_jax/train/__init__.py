@@ -7,7 +7,8 @@ built from, exported for notebooks, benchmarks and tests.
 from csr_jax.train.checkpoint import IDENTITY_FIELDS, Checkpointer, check_compatible
 from csr_jax.train.distributed import initialize_distributed
 from csr_jax.train.errors import ConfigError, IncompatibleWorkdirError, NonFiniteLossError
-from csr_jax.train.loop import evaluate, train_and_evaluate
+from csr_jax.train.evaluation import evaluate
+from csr_jax.train.loop import train_and_evaluate
 from csr_jax.train.mesh import (batch_sharding, check_batch_size, global_batch, make_data_mesh,
                                 replicated_sharding)
 from csr_jax.train.optim import make_optimizer, make_schedule, total_steps, weight_decay_mask

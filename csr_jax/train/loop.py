@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tqdm
 from etils import epath
 
@@ -24,83 +23,19 @@ from csr_jax import data as data_lib
 from csr_jax import models as models_lib
 from csr_jax.train import optim
 from csr_jax.train.checkpoint import Checkpointer, check_compatible
-from csr_jax.train.errors import ConfigError, NonFiniteLossError
+from csr_jax.train.errors import NonFiniteLossError
+from csr_jax.train.evaluation import evaluate
 from csr_jax.train.mesh import check_batch_size, global_batch, make_data_mesh, replicated_sharding
 from csr_jax.train.metrics import TrainMetrics, create_writer
 from csr_jax.train.preemption import PreemptionWatcher
-from csr_jax.train.state import TrainState, count_params, create_train_state
+from csr_jax.train.run_config import compute_dtype, config_record, csr_setting, model_overrides
+from csr_jax.train.state import count_params, create_train_state
 from csr_jax.train.steps import make_eval_step, make_train_step
 from csr_jax.train.summary import environment, format_table, write_summary
-
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
-
-
-def csr_setting(config: ml_collections.ConfigDict) -> str | dict[str, Any] | None:
-  """`config.csr` with the spellings of "ordinary network" ('none', '', None) mapped to None."""
-  csr = config.get('csr')
-  if hasattr(csr, 'to_dict'):  # A CSRPolicy in its dict form.
-    return csr.to_dict()
-  if csr is None or (isinstance(csr, str) and csr.strip().lower() in ('', 'none', 'off')):
-    return None
-  return csr
-
-
-def compute_dtype(config: ml_collections.ConfigDict):
-  """The model's compute dtype (params stay float32)."""
-  name = config.get('dtype') or 'float32'
-  if name not in _DTYPES:
-    raise ConfigError(f'Unknown config.dtype {name!r}; choose one of {sorted(_DTYPES)}.')
-  return _DTYPES[name]
 
 
 def _every(step: int, every: int | None) -> bool:
   return bool(every) and every > 0 and step % every == 0
-
-
-def config_record(config: ml_collections.ConfigDict, info: Any) -> dict[str, Any]:
-  """The config as saved with checkpoints, plus what was derived from the dataset."""
-  record = config.to_dict()
-  record['csr'] = csr_setting(config)
-  record['num_classes'] = int(info.num_classes)
-  record['image_shape'] = [int(d) for d in info.image_shape]
-  return record
-
-
-def _model_overrides(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  overrides = config.get('model_overrides')
-  if overrides is None:
-    return {}
-  return dict(overrides.to_dict() if hasattr(overrides, 'to_dict') else overrides)
-
-
-def evaluate(eval_step, state: TrainState, config: ml_collections.ConfigDict, mesh,
-             eval_batch_size: int) -> dict[str, float]:
-  """Accuracy and loss over the whole eval split, every example counted exactly once.
-
-  `config.eval_max_batches` (smoke runs only) stops after that many batches; every process
-  gets the same number of batches, so all stop together.
-  """
-  totals = None
-  max_batches = config.get('eval_max_batches')
-  batches = data_lib.make_eval_iterator(config.dataset, global_batch_size=eval_batch_size,
-                                        data_dir=config.get('data_dir'),
-                                        image_size=config.get('image_size'))
-  for i, batch in enumerate(batches):
-    if max_batches is not None and i >= max_batches:
-      break
-    sums = eval_step(state, global_batch(batch, mesh))
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  if totals is None:
-    raise ValueError(f'The eval split of {config.dataset!r} yielded no batches.')
-  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-  count = totals['count']
-  if count <= 0:
-    raise ValueError(f'The eval split of {config.dataset!r} has no examples (all masked).')
-  result = {'accuracy': totals['correct'] / count, 'loss': totals['loss'] / count,
-            'num_examples': count}
-  if 'correct_top5' in totals:
-    result['top5_accuracy'] = totals['correct_top5'] / count
-  return result
 
 
 def _nonfinite_error(step: int, lr: float, ckpt: Checkpointer, workdir: str) -> NonFiniteLossError:
@@ -133,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_batch_size(batch_size, mesh, 'batch_size')
   check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
   model = models_lib.create(config.model, num_classes=info.num_classes, csr=csr, dtype=dtype,
-                            **_model_overrides(config))
+                            **model_overrides(config))
   record = config_record(config, info)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -237,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if do_save:
           ckpt.save(step, state, train_iter.get_state(), record)
         segment_start, segment_steps = time.time(), 0
-      if stop:
+      if stop and not last:
         preempted = True
         break
     if not preempted and eval_result is None:  # Resumed a finished run: evaluate it again.

@@ -7,7 +7,7 @@ instead of doubling device memory.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -12,8 +12,9 @@ each replaced conv's count swapped for ``accounting.csr_conv_params`` / ``csr_co
 ``--verify`` also builds every CSR network (abstractly) and checks its real parameter count
 against that sum; it is off by default because tracing the CSR layers' scans makes the full
 table take a minute instead of seconds (tests/test_models.py checks the same identity for
-every model). MACs are per image at the model's default input size, for convs and dense layers. They show what the paper's method trades: CSR removes
-parameters, not computation; a CSR network may even do more MACs than the ordinary one.
+every model). MACs are per image at the model's default input size, for convs and dense layers.
+They show what the paper's method trades: CSR removes parameters, not computation; a CSR network
+may even do more MACs than the ordinary one.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ def table_order(names: Sequence[str]) -> list[str]:
 def to_markdown(rows: Sequence[Row]) -> str:
     """The table plus why each preset picks its layers."""
     lines = [
-        "| model | preset | T | CSR convs | ordinary params | CSR params | params saved | ordinary MACs | CSR MACs | MACs change |",
+        "| model | preset | T | CSR convs | ordinary params | CSR params | params saved "
+        "| ordinary MACs | CSR MACs | MACs change |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:

@@ -13,7 +13,7 @@ from flax import linen as nn
 
 from csr_jax import models
 from csr_jax.csr_conv import CSRConv
-from csr_jax.policy import ROLES, ConvSite, CSRPolicy, PolicyError, Rule, decide, get_preset
+from csr_jax.policy import ROLES, ConvSite, CSRPolicy, PolicyError, Rule, check_coverage, decide, get_preset
 
 
 def site(role="conv3x3", block=1, path="block_1/conv1", c_in=64, c_out=64, k=3, groups=1):
@@ -169,6 +169,20 @@ def test_policy_rule_that_matches_no_layer_is_an_error(rules, what):
     assert "conv3x3" in message and "1..9" in message  # tells what the model does have
 
 
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_preset_fits_its_model(name):
+    """What create() checks, for all presets of a model from one conv plan: every rule decides
+    some conv, no conv gets more steps than channels, and every preset but t1 replaces convs."""
+    shape = models.default_input_shape(name)
+    sites = [s for s, _ in models.conv_plan(models.create(name, num_classes=10), shape)]
+    for preset in ["t1", *models.list_presets(name)]:
+        policy = models.get_policy(name, preset)
+        decisions = [(s, decide(policy, s)) for s in sites]
+        check_coverage(policy, decisions, name)
+        replaced = sum(d.steps > 1 for _, d in decisions)
+        assert (replaced > 0) == (preset != "t1"), (preset, replaced)
+
+
 def test_dict_policy_is_accepted_like_a_config_would_pass_it():
     model = models.create("resnet20", num_classes=10, csr={"rules": [{"steps": 2, "roles": ["conv3x3"]}]})
     assert model.conv.policy == CSRPolicy(rules=(Rule(2, roles=("conv3x3",)),))
@@ -207,7 +221,7 @@ def _param_names(tree, prefix=()):
             yield prefix + (key,)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_build(name):
     model = models.create(name, num_classes=10 if name.endswith("cifar") else 1000, csr="reference")
     return built_convs(model, models.default_input_shape(name))

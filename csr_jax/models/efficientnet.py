@@ -112,7 +112,9 @@ class EfficientNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        width = lambda c: make_divisible(c * self.width_mult)  # noqa: E731
+        def width(channels: int) -> int:
+            return make_divisible(channels * self.width_mult)
+
         repeats = [int(math.ceil(n * self.depth_mult)) for *_, n in self.cfg]
         total = sum(repeats)
         x = self.conv(self, x, name="stem", features=width(32), kernel_size=3, strides=2, role="stem",
@@ -130,5 +132,13 @@ class EfficientNet(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(global_avg_pool(x))
         # torchvision: Linear weights uniform in +-1/sqrt(out_features), zero bias.
         bound = 1.0 / math.sqrt(self.num_classes)
-        dense_init = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)  # noqa: E731
-        return classifier(x, self.num_classes, self.dtype, kernel_init=dense_init)
+        return classifier(x, self.num_classes, self.dtype, kernel_init=_symmetric_uniform(bound))
+
+
+def _symmetric_uniform(bound: float):
+    """U(-bound, bound) initializer."""
+
+    def init(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init

@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   if preempted:
     msg = (f'Preempted (SIGTERM): saved a checkpoint at step {step}/{num_steps} in {workdir}. '
-           'Rerun the same command to resume.')
+           f'Rerun the same command with --workdir={workdir} to resume.')
     logging.warning(msg)
     return {'preempted': True, 'step': step, 'num_train_steps': num_steps, 'workdir': workdir,
             'message': msg}

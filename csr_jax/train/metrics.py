@@ -140,6 +140,10 @@ def create_writer(workdir: str, *, tensorboard: bool = True) -> MultiWriter:
     except ImportError:
       logging.warning('tensorboardX is not installed: no TensorBoard files '
                       '(pip install tensorboardX). metrics.jsonl is still written.')
+    except Exception as e:  # pylint: disable=broad-except
+      # E.g. a remote workdir tensorboardX cannot write to: metrics.jsonl still has everything.
+      logging.warning('No TensorBoard files (%s: %s); metrics.jsonl is still written.',
+                      type(e).__name__, e)
   return MultiWriter(writers)
 
 

@@ -4,6 +4,7 @@ tfds 'imagenet2012' (prepare once with `python -m experiments.prepare_data image
 needs the manually downloaded archives), 224x224, global batch 1024, bfloat16 compute (params
 float32), SGD Nesterov momentum 0.9 with the linear scaling rule lr = 0.1 * batch / 256, 5 warmup
 epochs then cosine, label smoothing 0.1 (Goyal et al. 2017; He et al. 2019, "Bag of Tricks").
+A different --config.batch_size keeps --config.learning_rate as is: scale it too (0.1 per 256).
 """
 
 from experiments.configs import common
@@ -16,7 +17,7 @@ def imagenet_config():
   config.dataset = 'imagenet2012'
   config.image_size = 224
   config.batch_size = 1024
-  config.eval_batch_size = 1000
+  config.eval_batch_size = 1024  # Divisible by any power-of-two device count up to 1024.
   config.dtype = 'bfloat16'
   config.num_epochs = 90.0
   config.learning_rate = 0.1 * config.batch_size / 256

@@ -118,6 +118,8 @@ def get_policy(name: str, csr: None | str | CSRPolicy | Mapping[str, Any]) -> CS
         return get_preset(_spec(name).family, csr, model=name)
     if isinstance(csr, Mapping):
         return CSRPolicy.from_dict(csr)
+    if hasattr(csr, "to_dict"):  # e.g. an ml_collections.ConfigDict holding the dict form
+        return CSRPolicy.from_dict(csr.to_dict())
     raise TypeError(f"csr must be None, a preset name, a CSRPolicy or its dict form; got {type(csr).__name__}.")
 
 

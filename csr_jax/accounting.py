@@ -193,11 +193,19 @@ def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
                 records.append(info)
         return y
 
+    # Array-like keyword arguments are traced; the rest (``train=False``, flags) stay static,
+    # since models branch on them in Python.
+    is_array = lambda v: isinstance(v, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
+    traced_kwargs = {k: v for k, v in kwargs.items() if is_array(v)}
+    static_kwargs = {k: v for k, v in kwargs.items() if not is_array(v)}
+
     def init(*a, **kw):
         with nn.intercept_methods(interceptor):
-            return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a, method=method, **kw)
+            return model.init(
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a, method=method, **kw, **static_kwargs
+            )
 
-    jax.eval_shape(init, *args, **kwargs)
+    jax.eval_shape(init, *args, **traced_kwargs)
     return records
 
 

@@ -103,3 +103,17 @@ def test_layer_report_counts_a_surgery_converted_conv_once():
     assert [r.kind for r in report] == ["conv", "csr_conv"]
     params = accounting.count_params(jax.eval_shape(converted.init, jax.random.key(0), x))
     assert sum(r.params for r in report) == params
+
+
+def test_layer_report_keeps_python_keyword_arguments_static():
+    class Branchy(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.Conv(8, (3, 3))(x)
+            if train:  # a Python branch, as every backbone has for BatchNorm/dropout
+                x = nn.Conv(8, (1, 1))(x)
+            return x
+
+    x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
+    assert len(accounting.layer_report(Branchy(), x, train=True)) == 2
+    assert len(accounting.layer_report(Branchy(), x, train=False)) == 1

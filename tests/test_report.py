@@ -1,14 +1,17 @@
 """`python -m experiments.report` and `csr_jax.report` on real (short) digits training runs.
 
 Two real runs of the default digits config (CSR and ordinary ResNet-20, shrunk to a few steps of
-a narrow network so both finish in about half a minute) are made once per module; every check
+a narrow network so both finish in about half a minute) are made once per session; every check
 reads the files the training loop really wrote.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -38,12 +41,30 @@ def _train(workdir: Path, csr: str) -> dict:
     return train_and_evaluate(config, str(workdir))
 
 
+@contextlib.contextmanager
+def _exclusive(lock_file: Path):
+    with open(lock_file, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
+    """The two runs, trained once per session: under pytest-xdist the workers share one directory
+    (the parent of their base temp dirs) and a lock, so the runs are not repeated per worker.
+    Tests must not modify them (they copy a run before changing it)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "report_runs"
+    root.mkdir(parents=True, exist_ok=True)
     workdirs = {"t2": root / "csr_t2", "none": root / "ordinary"}
-    for csr, workdir in workdirs.items():
-        _train(workdir, csr)
+    with _exclusive(root / "lock"):
+        for csr, workdir in workdirs.items():
+            if not (workdir / "summary.json").exists():
+                shutil.rmtree(workdir, ignore_errors=True)  # A run a crashed worker left half-done.
+                _train(workdir, csr)
     return workdirs
 
 

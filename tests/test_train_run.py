@@ -113,6 +113,7 @@ def test_cli_prints_user_errors_without_a_traceback(root, tmp_path):
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(root, tmp_path,
                                                                        monkeypatch):
     """Batch 3 carries a NaN pixel: step 3's loss is NaN, checkpoints 1 and 2 stay finite."""
+    support.reference_run(root)  # Same program: compiled once (persistent cache) for both.
     original = data_lib.make_train_iterator
 
     def poisoned(*args, **kwargs):

@@ -13,11 +13,13 @@ import logging
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import tqdm
 from etils import epath
+from jax.sharding import Mesh
 
 from csr_jax import data as data_lib
 from csr_jax import models as models_lib
@@ -67,12 +69,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   eval_batch_size = int(config.get('eval_batch_size') or batch_size)
   check_batch_size(batch_size, mesh, 'batch_size')
   check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
+  steps_per_epoch = max(1, info.num_train // batch_size)
+  num_steps = optim.total_steps(config, steps_per_epoch)
   model = models_lib.create(config.model, num_classes=info.num_classes, csr=csr, dtype=dtype,
                             **model_overrides(config))
   record = config_record(config, info)
 
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   ckpt = Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3) or 3))
+  try:
+    return _train(config, workdir, ckpt, info=info, mesh=mesh, model=model, record=record,
+                  batch_size=batch_size, eval_batch_size=eval_batch_size,
+                  steps_per_epoch=steps_per_epoch, num_steps=num_steps, wall_start=wall_start)
+  finally:
+    ckpt.close()  # Waits for asynchronous saves: never exit with a half-written checkpoint.
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, *, info: Any,
+           mesh: Mesh, model: nn.Module, record: dict[str, Any], batch_size: int,
+           eval_batch_size: int, steps_per_epoch: int, num_steps: int,
+           wall_start: float) -> dict[str, Any]:
+  """Everything after validation: resume or start, train, evaluate, summarise."""
+  csr = record['csr']
+  data_dir, image_size = config.get('data_dir'), config.get('image_size')
   saved = ckpt.saved_config()
   if saved is not None:
     check_compatible(saved, record, workdir)
@@ -80,8 +99,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt.write_config(record)
 
   # 2. Schedule, optimizer, state.
-  steps_per_epoch = max(1, info.num_train // batch_size)
-  num_steps = optim.total_steps(config, steps_per_epoch)
   schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
   input_shape = tuple(info.image_shape)
   abstract_params = jax.eval_shape(
@@ -180,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_result.items()})
   finally:
     bar.close()
-    ckpt.close()  # Waits for asynchronous saves: never exit with a half-written checkpoint.
+    ckpt.wait()
     writer.close()
     watcher.close()
 

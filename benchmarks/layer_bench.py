@@ -1,12 +1,17 @@
-"""Forward+backward time of one CSR-Conv layer: as built, naive step-by-step, and ``nn.Conv``.
+"""Forward+backward time of one CSR-Conv layer: as built, rolled scan, naive step-by-step, ``nn.Conv``.
 
-Why three variants: ``nn.Conv`` with the same channels is what CSR-Conv replaces, and the
-naive version runs both convolutions step by step like the authors' reference code, which is
-what our batched input path + scanned hidden path must beat. The MAC ratio CSR/conv (from
-``csr_jax.accounting``) says how much slower CSR may fairly be.
+Why these variants: ``nn.Conv`` with the same channels is what CSR-Conv replaces; the naive
+version runs both convolutions step by step like the authors' reference code, which our batched
+input path + unrolled hidden path must beat; ``CSRConv(unroll=1)`` is the same layer with its
+hidden steps in a rolled ``nn.scan`` loop, to show what unrolling buys. The MAC ratio CSR/conv
+(from ``csr_jax.accounting``) says how much slower CSR may fairly be.
 
-Run:  python -m benchmarks.layer_bench            (CPU: batch 128, a few repeats)
-      python -m benchmarks.layer_bench --batch 32 --repeats 3 --json out.jsonl
+All variants are compiled first and then timed interleaved (A B C D A B C D ...), so a shared
+machine's changing load hits them alike; each time is the median over ``--repeats``.
+
+Run:  python -m benchmarks.layer_bench            (batch 128; takes long on a 2-core CPU)
+      python -m benchmarks.layer_bench --batch 16 --repeats 5 --json out.jsonl
+      python -m benchmarks.layer_bench --cases resnet56 --spatial 8
 It runs unchanged on a GPU.
 """
 
@@ -15,9 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import statistics
 import time
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +32,7 @@ import numpy as np
 from flax import linen as nn
 
 from csr_jax import CSRConv, accounting
-from csr_jax.csr_conv import csr_group_sizes, reference_kernel_init
+from csr_jax.csr_conv import csr_group_sizes
 
 # (name, c_in, c_out, k, T, spatial): MobileNetV2 expand/project 1x1 and a ResNet-56 3x3 conv.
 CASES = [
@@ -39,7 +46,11 @@ CASES = [
 
 
 class NaiveCSRConv(nn.Module):
-    """The reference's structure: a Python loop over T running U and V conv by conv."""
+    """The reference's structure: a Python loop over T running U and V conv by conv.
+
+    Same parameter tree as ``CSRConv`` (``input_kernel``, ``hidden/{hidden_kernel,alpha,beta}``),
+    so the two can be applied to the same variables and compared.
+    """
 
     features: int
     kernel_size: int
@@ -50,10 +61,9 @@ class NaiveCSRConv(nn.Module):
         k, T = self.kernel_size, self.steps
         c_in = x.shape[-1]
         g_in, g_out = csr_group_sizes(c_in, self.features, T)
-        U = self.param("input_kernel", reference_kernel_init, (k, k, g_in, g_out))
-        V = self.param("hidden_kernel", reference_kernel_init, (k, k, g_out, g_out))
-        alpha = self.param("alpha", nn.initializers.constant(0.5), ())
-        beta = self.param("beta", nn.initializers.constant(0.5), ())
+        U = self.param("input_kernel", nn.initializers.lecun_normal(), (k, k, g_in, g_out))
+        hidden = _NaiveHiddenParams(g_out, k, name="hidden")
+        V, alpha, beta = hidden()
         if T * g_in > c_in:
             x = jnp.concatenate([x] * -(-T * g_in // c_in), axis=-1)[..., : T * g_in]
         pad = [((k - 1) // 2,) * 2] * 2
@@ -71,47 +81,86 @@ class NaiveCSRConv(nn.Module):
         return jnp.concatenate(hs, axis=-1)[..., : self.features]
 
 
-def _time_fwd_bwd(module: nn.Module, x: jax.Array, repeats: int) -> tuple[float, float, jax.Array]:
-    params = module.init(jax.random.key(0), x)["params"]
+class _NaiveHiddenParams(nn.Module):
+    features: int
+    kernel_size: int
 
+    @nn.compact
+    def __call__(self):
+        k, g = self.kernel_size, self.features
+        return (self.param("hidden_kernel", nn.initializers.lecun_normal(), (k, k, g, g)),
+                self.param("alpha", nn.initializers.constant(0.5), ()),
+                self.param("beta", nn.initializers.constant(0.5), ()))
+
+
+def _fwd_bwd(module: nn.Module) -> Callable:
     @jax.jit
-    def step(params, x):
-        def loss(p, x):
-            y = module.apply({"params": p}, x)
+    def step(variables, x):
+        def loss(v, x):
+            y = module.apply(v, x)
             return jnp.mean(y * y), y
 
-        (l, y), grads = jax.value_and_grad(loss, has_aux=True)(params, x)
-        return l, grads, y
+        (value, y), grads = jax.value_and_grad(loss, has_aux=True, argnums=(0, 1))(variables, x)
+        return value, grads, y
 
-    t0 = time.perf_counter()
-    out = step(params, x)
-    jax.block_until_ready(out)
-    compile_s = time.perf_counter() - t0
-    times = []
-    for _ in range(repeats):
+    return step
+
+
+def time_interleaved(fns: dict[str, tuple[Callable, tuple]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Compiles (first call) each ``fn(*args)``, then times them A B C A B C ...; median ms each."""
+    compile_s = {}
+    for name, (fn, args) in fns.items():
         t0 = time.perf_counter()
-        jax.block_until_ready(step(params, x))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, compile_s, out[2]
+        jax.block_until_ready(fn(*args))
+        compile_s[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, (fn, args) in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) * 1e3 for n, t in times.items()}, compile_s
 
 
-def run(batch: int, repeats: int, json_path: str | None, cases=CASES) -> list[dict]:
+def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: int, repeats: int) -> dict:
+    """Times the four variants of one layer; checks that naive and CSRConv compute the same."""
+    x = jax.random.normal(jax.random.key(1), (batch, hw, hw, c_in), jnp.float32)
+    csr = CSRConv(c_out, k, T, padding="SAME")
+    variables = csr.init(jax.random.key(0), x)
+    conv = nn.Conv(c_out, (k, k), padding="SAME", use_bias=False)
+    conv_vars = conv.init(jax.random.key(0), x)
+    fns = {
+        "csr": (_fwd_bwd(csr), (variables, x)),
+        "scan": (_fwd_bwd(CSRConv(c_out, k, T, padding="SAME", unroll=1)), (variables, x)),
+        "naive": (_fwd_bwd(NaiveCSRConv(c_out, k, T)), (variables, x)),
+        "conv": (_fwd_bwd(conv), (conv_vars, x)),
+    }
+    ms, compile_s = time_interleaved(fns, repeats)
+    # Same variables for both: the naive loop must compute exactly CSRConv's function.
+    y_csr = np.asarray(fns["csr"][0](variables, x)[2])
+    y_naive = np.asarray(fns["naive"][0](variables, x)[2])
+    scale = float(np.abs(y_csr).max())
+    max_diff = float(np.abs(y_csr - y_naive).max())
+    mac_ratio = accounting.csr_conv_macs(c_in, c_out, k, T, hw) / accounting.conv_macs(c_in, c_out, k, hw)
     device = jax.devices()[0]
+    return {
+        "case": name, "spatial": hw, "batch": batch, "csr_ms": round(ms["csr"], 3), "scan_ms": round(ms["scan"], 3),
+        "naive_ms": round(ms["naive"], 3), "conv_ms": round(ms["conv"], 3),
+        "csr_over_conv": round(ms["csr"] / ms["conv"], 3), "mac_ratio": round(mac_ratio, 3),
+        "scan_over_csr": round(ms["scan"] / ms["csr"], 3), "naive_over_csr": round(ms["naive"] / ms["csr"], 3),
+        "compile_s": {n: round(s, 2) for n, s in compile_s.items()},
+        "naive_max_abs_diff": max_diff, "naive_matches": bool(max_diff <= 1e-4 * max(scale, 1.0)),
+        "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
+        "load_avg": round(os.getloadavg()[0], 2),
+        "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def run(batch: int, repeats: int, json_path: str | None, cases: Sequence[tuple] = CASES) -> list[dict]:
+    """Runs ``cases``; prints one JSON line per case and appends it to ``json_path`` if given."""
     rows = []
-    for name, c_in, c_out, k, T, hw in cases:
-        x = jax.random.normal(jax.random.key(1), (batch, hw, hw, c_in), jnp.float32)
-        csr_ms, csr_c, y_csr = _time_fwd_bwd(CSRConv(c_out, k, T, padding="SAME"), x, repeats)
-        naive_ms, naive_c, y_naive = _time_fwd_bwd(NaiveCSRConv(c_out, k, T), x, repeats)
-        conv_ms, conv_c, _ = _time_fwd_bwd(nn.Conv(c_out, (k, k), padding="SAME", use_bias=False), x, repeats)
-        # Same init key and parameter shapes: both CSR variants must compute the same function.
-        same = bool(np.allclose(np.asarray(y_csr), np.asarray(y_naive), rtol=1e-3, atol=1e-3))
-        mac_ratio = accounting.csr_conv_macs(c_in, c_out, k, T, hw) / accounting.conv_macs(c_in, c_out, k, hw)
-        row = dict(
-            case=name, spatial=hw, batch=batch, csr_ms=round(csr_ms, 2), naive_ms=round(naive_ms, 2),
-            conv_ms=round(conv_ms, 2), csr_over_conv=round(csr_ms / conv_ms, 2), mac_ratio=round(mac_ratio, 2),
-            naive_over_csr=round(naive_ms / csr_ms, 2), compile_s=dict(csr=round(csr_c, 2), naive=round(naive_c, 2), conv=round(conv_c, 2)),
-            naive_matches=same, device=device.device_kind, platform=device.platform, jax=jax.__version__,
-        )
+    for case in cases:
+        row = run_case(*case, batch=batch, repeats=repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if json_path:
@@ -121,27 +170,43 @@ def run(batch: int, repeats: int, json_path: str | None, cases=CASES) -> list[di
 
 
 def format_table(rows: list[dict]) -> str:
-    head = "| case | HxW | CSR ms | naive ms | nn.Conv ms | CSR/conv | MAC ratio | naive/CSR |\n|---|---|---|---|---|---|---|---|"
+    head = ("| case | HxW | batch | CSR ms | scan ms | naive ms | nn.Conv ms | CSR/conv | MAC ratio | scan/CSR "
+            "| naive/CSR |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['spatial']}x{r['spatial']} | {r['csr_ms']:.1f} | {r['naive_ms']:.1f} | {r['conv_ms']:.1f} | "
-            f"{r['csr_over_conv']:.2f} | {r['mac_ratio']:.2f} | {r['naive_over_csr']:.2f} |"
+            f"| {r['case']} | {r['spatial']}x{r['spatial']} | {r['batch']} | {r['csr_ms']:.1f} | {r['scan_ms']:.1f} "
+            f"| {r['naive_ms']:.1f} | {r['conv_ms']:.1f} | {r['csr_over_conv']:.2f} | {r['mac_ratio']:.2f} "
+            f"| {r['scan_over_csr']:.2f} | {r['naive_over_csr']:.2f} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
+def select(cases: Sequence[tuple], patterns: Sequence[str] | None, spatial: int | None) -> list[tuple]:
+    """Cases whose name contains one of ``patterns``, at ``spatial`` (deduplicated) if given."""
+    picked = [c for c in cases if not patterns or any(p in c[0] for p in patterns)]
+    if spatial is not None:
+        picked = list(dict.fromkeys(c[:5] + (spatial,) for c in picked))
+    if not picked:
+        raise SystemExit(f"No case matches {list(patterns or [])}; names: {sorted({c[0] for c in cases})}.")
+    return picked
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cases", nargs="*", default=None, help="only cases whose name contains one of these")
+    parser.add_argument("--spatial", type=int, default=None, help="run every selected case at this HxW")
     parser.add_argument("--json", default=None, help="append one JSON line per case to this file")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"# layer_bench  jax {jax.__version__}  device {device.device_kind} ({device.platform}, "
-          f"{jax.device_count()} devices)  host {platform.node()}  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    rows = run(args.batch, args.repeats, args.json)
+          f"{jax.device_count()} devices)  host {platform.node()}  "
+          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}", flush=True)
+    rows = run(args.batch, args.repeats, args.json, select(CASES, args.cases, args.spatial))
     print()
+    print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
     print(format_table(rows))
 
 

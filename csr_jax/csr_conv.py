@@ -6,21 +6,35 @@ roughly as 1/T^2 against an ordinary convolution with the same channels. The exa
 (channel wrap-around, the first step without a hidden term, the Euler-step update with the
 learnable scalars alpha and beta) are those of the authors' reference code; see SPEC.md.
 
-Why the computation is organised the way it is:
+Why the computation is organised the way it is (measured in ``benchmarks/RESULTS.md``):
 
 * The input path ``a_t = U * x_t + b_U`` has no dependence between steps, so all T chunks go
-  through ONE convolution (T folded into the batch; a plain contraction for 1x1 kernels, which
-  XLA runs much faster than a 1x1 ``conv_general_dilated``). Only the hidden path
-  ``r_t = V * h_{t-1} + b_V`` is sequential and runs in ``nn.scan`` with the hidden state as
-  carry and the hidden parameters broadcast over the steps.
-* Inside the scan the data is time-major ``(T, N, H, W, g)`` so each step reads one contiguous
-  slab; the output is re-interleaved into channels once at the end.
+  through ONE op. For 1x1 kernels (any stride) it is a plain contraction over the channels in
+  their natural ``(N, H, W, T, g)`` order -- no transpose, and XLA runs a dot much faster than a
+  1x1 ``conv_general_dilated``; depthwise kernels are tiled over the T chunks (one depthwise
+  conv, natural order too); other k x k kernels fold T into the batch (time-major).
+* Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every preset) it
+  is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
+  fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer
+  fusions), where a rolled ``lax.scan`` is a while loop that slices its input and writes its
+  stacked output with dynamic indices every step, in the forward and again in the backward
+  pass, with no fusion across iterations (on XLA:CPU a conv inside the loop also ran ~8x
+  slower). Longer recurrences use the scan, to bound compile time and program size.
+* The steps are cut from ``a`` with ONE split (its gradient is one concatenate; per-step slices
+  would each turn into a zero-padded full-size gradient, all added up), and their outputs are
+  stacked directly in ``(N, H, W, T, g)`` order, which IS the concatenation over channels, so
+  no re-interleaving transpose is needed at the end.
+* A 1x1 hidden kernel is applied as a dot for the same reason as the input path.
+* The hidden path is a pure function of its parameters (created by ``_HiddenParams`` under
+  ``hidden/``), not a module, so how the steps are run does not change the parameter tree.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +46,7 @@ Dtype = Any
 PaddingLike = str | int | Sequence[int | tuple[int, int]]
 Initializer = Callable[..., Array]
 
-__all__ = ["CSRConv", "reference_kernel_init", "reference_bias_init", "csr_group_sizes"]
+__all__ = ["CSRConv", "csr_group_sizes", "reference_bias_init", "reference_kernel_init"]
 
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -105,25 +119,31 @@ def _canonical_padding(padding: PaddingLike) -> str | list[tuple[int, int]]:
     )
 
 
-class _HiddenStep(nn.Module):
-    """One step of the hidden recurrence: ``h_t = alpha*relu(a_t + r_t) + (1 - beta)*r_t``.
+#: ``unroll=None`` unrolls the hidden recurrence fully up to this many steps (T - 1 <= 7 steps of
+#: straight-line code); beyond it a rolled scan keeps compile time and program size bounded.
+FULL_UNROLL_MAX_STEPS = 8
 
-    Scanned over t = 2..T by ``CSRConv``; its parameters (``hidden_kernel``, ``hidden_bias``,
-    ``alpha``, ``beta``) are broadcast, i.e. shared by all steps.
-    """
+
+def _is_zero_padding(padding: str | list[tuple[int, int]]) -> bool:
+    """True when a 1x1 window adds no padding ('SAME' never pads a 1x1 kernel, at any stride)."""
+    return padding in ("SAME", "VALID") or all(p == (0, 0) for p in padding)
+
+
+class _HiddenParams(nn.Module):
+    """The hidden path's parameters, created once and shared by all steps: ``hidden_kernel``
+    (V), ``alpha``, ``beta`` and ``hidden_bias`` (b_V). The recurrence itself is the pure
+    function :func:`_hidden_path`, so it can be unrolled, scanned or rematerialised freely."""
 
     features: int
     kernel_size: tuple[int, int]
     use_bias: bool
     depthwise: bool
-    dtype: Dtype | None
     param_dtype: Dtype
-    precision: Any
     kernel_init: Initializer
     bias_init: Initializer | None
 
     @nn.compact
-    def __call__(self, h: Array, a: Array) -> tuple[Array, Array]:
+    def __call__(self) -> tuple[Array, Array | None, Array, Array]:
         kh, kw = self.kernel_size
         g = self.features
         kernel = self.param(
@@ -136,20 +156,58 @@ class _HiddenStep(nn.Module):
             fan_in = kh * kw * (1 if self.depthwise else g)
             bias_init = self.bias_init or reference_bias_init(fan_in)
             bias = self.param("hidden_bias", bias_init, (g,), self.param_dtype)
-        h, kernel, bias, alpha, beta = promote_dtype(h, kernel, bias, alpha, beta, dtype=self.dtype)
+        return kernel, bias, alpha, beta
+
+
+def _hidden_step(h: Array, a: Array, kernel: Array, bias: Array | None, alpha: Array, beta: Array, *,
+                 depthwise: bool, precision: Any) -> Array:
+    """``h_t = alpha * relu(a_t + r_t) + (1 - beta) * r_t`` with ``r_t = V * h_{t-1} + b_V``."""
+    kh, kw, _, g = kernel.shape
+    if (kh, kw) == (1, 1) and not depthwise:
+        # A 1x1 conv is a contraction; XLA runs it faster as a dot than as a conv.
+        r = jnp.einsum("nhwc,cd->nhwd", h, kernel[0, 0], precision=precision)
+    else:
         r = jax.lax.conv_general_dilated(
             h,
             kernel,
             window_strides=(1, 1),
             padding=[((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)],
             dimension_numbers=_DIMENSION_NUMBERS,
-            feature_group_count=g if self.depthwise else 1,
-            precision=self.precision,
+            feature_group_count=g if depthwise else 1,
+            precision=precision,
         )
-        if bias is not None:
-            r = r + bias
-        h_new = alpha * jax.nn.relu(a + r) + (1 - beta) * r
-        return h_new, h_new
+    if bias is not None:
+        r = r + bias
+    return alpha * jax.nn.relu(a + r) + (1 - beta) * r
+
+
+def _hidden_path(a: Array, time_axis: int, kernel: Array, bias: Array | None, alpha: Array, beta: Array, *,
+                 depthwise: bool, precision: Any, unroll: int | None) -> Array:
+    """All T steps from the input-path outputs ``a`` (T along ``time_axis``); returns
+    ``(N, H', W', T, g)`` = h_1 .. h_T stacked along axis 3.
+
+    ``unroll=None`` runs the steps as straight-line Python; an int runs ``lax.scan`` with that
+    unroll factor. ``a`` is cut with ONE split rather than per-step slices: the gradient of a
+    split is one concatenate, that of T slices is T zero-padded full-size tensors added up.
+    """
+    steps = a.shape[time_axis]
+    step = functools.partial(_hidden_step, kernel=kernel, bias=bias, alpha=alpha, beta=beta,
+                             depthwise=depthwise, precision=precision)
+    if unroll is None:
+        a_steps = [jnp.squeeze(c, time_axis) for c in jax.lax.split(a, [1] * steps, axis=time_axis)]
+        hs = [a_steps[0]]  # h_1 = a_1
+        for a_t in a_steps[1:]:
+            hs.append(step(hs[-1], a_t))
+        return jnp.stack(hs, axis=3)
+    first, rest = jax.lax.split(a, [1, steps - 1], axis=time_axis)
+    first = jnp.squeeze(first, time_axis)
+
+    def body(h, a_t):
+        h = step(h, a_t)
+        return h, h
+
+    _, hs = jax.lax.scan(body, first, jnp.moveaxis(rest, time_axis, 0), unroll=unroll)  # (T-1, N, H', W', g)
+    return jnp.concatenate([first[None], hs], axis=0).transpose(1, 2, 3, 0, 4)
 
 
 class CSRConv(nn.Module):
@@ -180,7 +238,13 @@ class CSRConv(nn.Module):
       precision: passed to the convolutions.
       kernel_init: initializer of both kernels (default: PyTorch's conv default, as the reference).
       bias_init: initializer of both biases; None means the reference's U(+-1/sqrt(fan_in)).
-      unroll: unroll factor of the hidden-path scan (``steps - 1`` or more unrolls it fully).
+      unroll: how the T - 1 hidden steps are run. ``None`` (default): fully unrolled for
+        ``steps <= FULL_UNROLL_MAX_STEPS`` (8), a rolled ``lax.scan`` beyond. An int n >= 1: a
+        ``lax.scan`` with unroll factor n, so ``unroll=1`` is a rolled loop (one step per
+        iteration) and ``n >= steps - 1`` unrolls it fully. The default is not 1 because the
+        rolled loop trains measurably slower (``benchmarks/RESULTS.md``): every iteration
+        slices its input and writes its output with dynamic indices, in both passes, and XLA
+        cannot fuse across iterations. Every value computes the same function.
     """
 
     features: int
@@ -195,7 +259,7 @@ class CSRConv(nn.Module):
     precision: Any = None
     kernel_init: Initializer = reference_kernel_init
     bias_init: Initializer | None = None
-    unroll: int = 1
+    unroll: int | None = None
 
     def _validate(self, x: Array) -> tuple[tuple[int, int], tuple[int, int], Any]:
         if x.ndim != 4:
@@ -230,15 +294,24 @@ class CSRConv(nn.Module):
                 f"CSRConv: kernel_size {kernel_size} has an even side; the hidden convolution "
                 "(stride 1, (k-1)//2 padding) only preserves the spatial size for odd kernels."
             )
-        if not isinstance(self.unroll, int) or self.unroll < 1:
-            raise ValueError(f"CSRConv: unroll must be an int >= 1, got {self.unroll!r}.")
+        if self.unroll is not None and (isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 1):
+            raise ValueError(
+                f"CSRConv: unroll must be None (fully unroll up to {FULL_UNROLL_MAX_STEPS} steps) or an "
+                f"int >= 1 (scan unroll factor), got {self.unroll!r}."
+            )
         return kernel_size, strides, _canonical_padding(self.padding)
+
+    def _fully_unrolled(self) -> bool:
+        """Whether the hidden steps run as straight-line code rather than a scan loop."""
+        if self.unroll is None:
+            return self.steps <= FULL_UNROLL_MAX_STEPS
+        return self.unroll >= self.steps - 1
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Applies the layer to NHWC ``x``; returns ``(N, H', W', features)``."""
         (kh, kw), strides, padding = self._validate(x)
-        n, height, width, c_in = x.shape
+        n, _, _, c_in = x.shape
         steps = self.steps
         g_in, g_out = csr_group_sizes(c_in, self.features, steps)
         if self.depthwise:
@@ -262,53 +335,53 @@ class CSRConv(nn.Module):
             reps = -(-total_in // c_in)
             x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
 
-        # Input path for all steps at once, time-major: a has shape (T, N, H', W', g_out).
-        a = self._input_path(x, kernel, (kh, kw), strides, padding, g_in, g_out)
+        # Input path for all steps at once: a holds a_1..a_T along `time_axis`.
+        a, time_axis = self._input_path(x, kernel, (kh, kw), strides, padding, g_in, g_out)
         if bias is not None:
             a = a + bias
 
         if steps == 1:
-            return a[0][..., : self.features]
+            return jnp.squeeze(a, time_axis)[..., : self.features]
 
-        scan = nn.scan(
-            _HiddenStep,
-            variable_broadcast="params",
-            split_rngs={"params": False},
-            in_axes=0,
-            out_axes=0,
-            unroll=min(self.unroll, steps - 1),
-        )
-        cell = scan(
+        v_kernel, v_bias, alpha, beta = _HiddenParams(
             features=g_out,
             kernel_size=(kh, kw),
             use_bias=self.use_bias,
             depthwise=self.depthwise,
-            dtype=self.dtype,
             param_dtype=self.param_dtype,
-            precision=self.precision,
             kernel_init=self.kernel_init,
             bias_init=self.bias_init,
             name="hidden",
-        )
-        _, hs = cell(a[0], a[1:])
-        h = jnp.concatenate([a[:1], hs], axis=0)  # (T, N, H', W', g_out)
-        _, n_, h_out, w_out, _ = h.shape
-        y = jnp.transpose(h, (1, 2, 3, 0, 4)).reshape(n_, h_out, w_out, steps * g_out)
+        )()
+        v_kernel, v_bias, alpha, beta = promote_dtype(v_kernel, v_bias, alpha, beta, dtype=a.dtype)
+        unroll = None if self._fully_unrolled() else self.unroll or 1
+        h = _hidden_path(a, time_axis, v_kernel, v_bias, alpha, beta, depthwise=self.depthwise,
+                         precision=self.precision, unroll=unroll)
+        _, h_out, w_out, _, _ = h.shape
+        # (N, H', W', T, g_out) in row-major order IS concat(h_1, ..., h_T) over channels.
+        y = h.reshape(n, h_out, w_out, steps * g_out)
         return y[..., : self.features]
 
-    def _input_path(self, x, kernel, kernel_size, strides, padding, g_in, g_out) -> Array:
-        """``U * x_t`` for every step as one op; returns (T, N, H', W', g_out)."""
-        n, height, width, _ = x.shape
+    def _input_path(self, x, kernel, kernel_size, strides, padding, g_in, g_out) -> tuple[Array, int]:
+        """``U * x_t`` for every step as one op; returns ``(a, time_axis)``.
+
+        ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
+        depthwise kernels, ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
+        """
+        n, _, _, _ = x.shape
         steps = self.steps
         kh, kw = kernel_size
-        pointwise = (kh, kw) == (1, 1) and strides == (1, 1) and padding in ("SAME", "VALID", [(0, 0), (0, 0)])
-        if pointwise and not self.depthwise:
-            # A 1x1 conv is a contraction; XLA runs it much faster as a dot than as a conv.
+        if (kh, kw) == (1, 1) and not self.depthwise and _is_zero_padding(padding):
+            # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it
+            # much faster as a dot than as a conv; the chunks stay in place, no transpose.
+            if strides != (1, 1):
+                x = x[:, :: strides[0], :: strides[1], :]
+            _, height, width, _ = x.shape
             xt = x.reshape(n, height, width, steps, g_in)
-            return jnp.einsum("nhwtc,cd->tnhwd", xt, kernel[0, 0], precision=self.precision)
+            return jnp.einsum("nhwtc,cd->nhwtd", xt, kernel[0, 0], precision=self.precision), 3
         if self.depthwise:
-            # Depthwise: every chunk uses the same per-channel filters, so tile the kernel over the
-            # T chunks and run one depthwise conv over all (wrapped) channels, no transpose needed.
+            # Every chunk uses the same per-channel filters: tile the kernel over the T chunks and
+            # run one depthwise conv over all (wrapped) channels, in their own order.
             tiled = jnp.tile(kernel, (1, 1, 1, steps))
             y = jax.lax.conv_general_dilated(
                 x,
@@ -320,8 +393,9 @@ class CSRConv(nn.Module):
                 precision=self.precision,
             )
             _, h_out, w_out, _ = y.shape
-            return jnp.transpose(y.reshape(n, h_out, w_out, steps, g_out), (3, 0, 1, 2, 4))
+            return y.reshape(n, h_out, w_out, steps, g_out), 3
         # General k x k: fold the steps into the batch (time-major) and convolve once.
+        _, height, width, _ = x.shape
         xt = jnp.transpose(x.reshape(n, height, width, steps, g_in), (3, 0, 1, 2, 4))
         y = jax.lax.conv_general_dilated(
             xt.reshape(steps * n, height, width, g_in),
@@ -331,4 +405,4 @@ class CSRConv(nn.Module):
             dimension_numbers=_DIMENSION_NUMBERS,
             precision=self.precision,
         )
-        return y.reshape(steps, n, *y.shape[1:])
+        return y.reshape(steps, n, *y.shape[1:]), 0

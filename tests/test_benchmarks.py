@@ -1,0 +1,96 @@
+"""The benchmarks run end to end on tiny cases and report well-formed rows; the naive layer the
+layer benchmark times computes exactly CSRConv's function."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from benchmarks import layer_bench, model_bench
+from csr_jax import CSRConv
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_model_bench_tiny_rows(tmp_path):
+    out = tmp_path / "rows.jsonl"
+    cases = model_bench.select_cases("tiny", None)
+    rows = model_bench.run(cases, ["ordinary", "csr"], repeats=2, target_s=0.0, isolate=False, json_path=str(out))
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written == rows and [r["variant"] for r in rows] == ["ordinary", "csr"]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["step_ms"] > 0 and len(row["step_ms_repeats"]) == 2
+        assert row["images_per_s"] == pytest.approx(row["batch"] / row["step_ms"] * 1e3, rel=1e-2)
+        assert row["memory_source"] == "memory_analysis" and row["memory"]["planned_bytes"] > 0
+        assert row["compile_s"] > 0 and row["macs_per_image"] > 0
+        assert (row["batch"], row["image"], row["dtype"]) == (2, 8, "fp32")
+    ordinary, csr = rows
+    # The CSR network has fewer weights (expand T=3, project T=4), as the preset promises.
+    assert csr["params"] < ordinary["params"]
+    table = model_bench.format_table(rows)
+    ratio = csr["images_per_s"] / ordinary["images_per_s"]
+    assert f"| {ratio:.2f} |" in table and "memory_analysis" in table
+
+
+def test_model_table_ratios_and_errors():
+    def row(variant, ips, mem, macs, **extra):
+        return dict(case="c", title="Net", variant=variant, images_per_s=ips, macs_per_image=macs,
+                    memory={"planned_bytes": mem}, memory_source="memory_analysis", compile_s=1.0, **extra)
+
+    table = model_bench.format_table([row("ordinary", 200.0, 2**30, 100), row("csr", 150.0, 3 * 2**29, 120),
+                                      {"case": "d", "title": "Other", "variant": "csr", "error": "timed out"}])
+    assert "| Net | csr | 200 | 150 | 0.75 | 1.20 | 1,024 / 1,536 | 1.50 |" in table
+    assert "| Other | csr |" in table and "timed out" in table
+
+
+def test_model_bench_rejects_unknown_cases_and_variants():
+    with pytest.raises(SystemExit, match="No 'tiny' case matches"):
+        model_bench.select_cases("tiny", ["resnet"])
+    with pytest.raises(ValueError, match="Unknown variant"):
+        model_bench.make_model(model_bench.PRESETS["tiny"][0], "csr-fast")
+    with pytest.raises(SystemExit, match="needs --baseline-layer"):
+        model_bench.run([], ["csr-baseline"], repeats=1, target_s=0.0, isolate=False)
+
+
+def test_train_step_imports_without_the_training_loop_dependencies():
+    # GPU images may lack grain, orbax and ml-collections; the benchmark must still get the step.
+    code = (
+        "import sys\n"
+        "for name in ('grain', 'orbax', 'orbax.checkpoint', 'ml_collections', 'clu', 'tensorflow_datasets'):\n"
+        "    sys.modules[name] = None\n"
+        "from benchmarks import model_bench\n"
+        "state, steps = model_bench._train_modules()\n"
+        "assert callable(steps.make_train_step) and callable(state.create_train_state)\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_layer_bench_tiny_row():
+    (row,) = layer_bench.run(2, 2, None, [("tiny 3x3", 8, 12, 3, 4, 8)])
+    for key in ("csr_ms", "scan_ms", "naive_ms", "conv_ms"):
+        assert row[key] > 0, key
+    assert row["naive_matches"] and row["naive_max_abs_diff"] < 1e-4
+    assert row["csr_over_conv"] == pytest.approx(row["csr_ms"] / row["conv_ms"], rel=1e-2)
+    json.loads(json.dumps(row))
+    assert "| tiny 3x3 | 8x8 | 2 |" in layer_bench.format_table([row])
+
+
+@pytest.mark.parametrize("c_in,c_out,k,T", [(10, 12, 3, 4), (6, 13, 1, 3)])
+def test_naive_layer_equals_csrconv(c_in, c_out, k, T):
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, c_in))
+    variables = CSRConv(c_out, k, T).init(jax.random.key(1), x)
+    # Move alpha and beta off 0.5, where alpha*relu - beta*r + r would hide a swapped role.
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, v: jnp.asarray({"alpha": 0.8, "beta": -0.3}.get(path[-1].key, v), v.dtype), variables)
+    y_csr = jax.jit(CSRConv(c_out, k, T).apply)(variables, x)
+    y_naive = jax.jit(layer_bench.NaiveCSRConv(c_out, k, T).apply)(variables, x)
+    np.testing.assert_allclose(np.asarray(y_naive), np.asarray(y_csr), rtol=1e-5, atol=1e-5)

@@ -1,7 +1,7 @@
 r"""Train a CSR (or ordinary) network: `python -m experiments.train [--config FILE[:runlocal]]`.
 
 With no arguments it trains the default (experiments/configs/digits.py: a CSR ResNet-20 on
-scikit-learn's digits, a few minutes on a CPU) in a fresh temporary workdir.
+scikit-learn's digits, about a minute on a 2-core CPU) in a fresh temporary workdir.
 
   python -m experiments.train --config experiments/configs/cifar10_resnet56.py \
       --workdir /ckpt/resnet56 --config.csr=t4
@@ -46,12 +46,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   return (ValueError, FileNotFoundError, FloatingPointError, DatasetNotFoundError)
 
 
-def main(argv: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    # Orbax logs every step of every save at INFO; the progress bar and table say enough.
-    logging.set_verbosity(logging.WARNING)
+def _run() -> dict:
+  """Joins a multi-process job if launched as one, picks the workdir, trains."""
   # Must precede any JAX computation: it decides which devices exist.
   from csr_jax.train.distributed import initialize_distributed  # pylint: disable=g-import-not-at-top
   initialize_distributed(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
@@ -62,26 +58,35 @@ def main(argv: list[str]) -> None:
   workdir = _WORKDIR.value
   if workdir is None:
     if jax.process_count() > 1:
-      sys.exit('error: a multi-process run needs --workdir on storage every process can reach '
-               '(all processes write one checkpoint together).')
+      raise ValueError('A multi-process run needs --workdir on storage every process can reach '
+                       '(all processes write one checkpoint together).')
     workdir = tempfile.mkdtemp(prefix='csr_jax_')
   if jax.process_index() == 0:
     print(f'workdir: {workdir}', flush=True)
   logging.info('config:\n%s', _CONFIG.value)
+  return train_and_evaluate(_CONFIG.value, workdir)
 
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every step of every save at INFO; the progress bar and table say enough.
+    logging.set_verbosity(logging.WARNING)
   try:
-    summary = train_and_evaluate(_CONFIG.value, workdir)
+    summary = _run()
   except _user_errors() as e:
     if _TRACEBACK.value:
       raise
     print(f'error: {e}', file=sys.stderr, flush=True)
     print('(rerun with --traceback for the full traceback)', file=sys.stderr, flush=True)
     sys.exit(1)
+  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     if summary.get('preempted'):
       print(summary['message'], flush=True)
     else:
-      print(f'summary: {os.path.join(workdir, "summary.json")}', flush=True)
+      print(f'summary: {os.path.join(summary["workdir"], "summary.json")}', flush=True)
 
 
 if __name__ == '__main__':

@@ -26,7 +26,7 @@ from tests import test_train_support as support
 
 CONFIG_DIR = support.REPO / 'experiments' / 'configs'
 RUN_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py')
-                     if p.name.startswith(('digits', 'cifar10_', 'imagenet_'))
+                     if p.name.startswith(('digits', 'cifar10_', 'imagenet_', 'fashion_mnist_'))
                      and not p.name.endswith('_common.py'))
 
 

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from benchmarks.model_bench import _load_layer_class
 from csr_jax import CSRConv, accounting
 from csr_jax.csr_conv import csr_group_sizes
 
@@ -106,8 +107,14 @@ def _fwd_bwd(module: nn.Module) -> Callable:
     return step
 
 
-def time_interleaved(fns: dict[str, tuple[Callable, tuple]], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Compiles (first call) each ``fn(*args)``, then times them A B C A B C ...; median ms each."""
+def time_interleaved(fns: dict[str, tuple[Callable, tuple]], repeats: int,
+                     inner: int = 1) -> tuple[dict[str, float], dict[str, float]]:
+    """Compiles (first call) each ``fn(*args)``, then times them A B C A B C ...
+
+    Each timed repeat makes ``inner`` calls and waits for the last, so that on a GPU the
+    per-call dispatch latency overlaps with the device work. Returns median ms per call, and
+    the compile (first call) seconds.
+    """
     compile_s = {}
     for name, (fn, args) in fns.items():
         t0 = time.perf_counter()
@@ -117,13 +124,19 @@ def time_interleaved(fns: dict[str, tuple[Callable, tuple]], repeats: int) -> tu
     for _ in range(repeats):
         for name, (fn, args) in fns.items():
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            times[name].append(time.perf_counter() - t0)
+            for _ in range(inner):
+                out = fn(*args)
+            jax.block_until_ready(out)
+            times[name].append((time.perf_counter() - t0) / inner)
     return {n: statistics.median(t) * 1e3 for n, t in times.items()}, compile_s
 
 
-def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: int, repeats: int) -> dict:
-    """Times the four variants of one layer; checks that naive and CSRConv compute the same."""
+def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: int, repeats: int,
+             baseline: type | None = None) -> dict:
+    """Times the variants of one layer; checks that naive and CSRConv compute the same.
+
+    ``baseline`` is an earlier ``CSRConv`` class (``--baseline-layer``), timed as one more variant.
+    """
     x = jax.random.normal(jax.random.key(1), (batch, hw, hw, c_in), jnp.float32)
     csr = CSRConv(c_out, k, T, padding="SAME")
     variables = csr.init(jax.random.key(0), x)
@@ -135,7 +148,10 @@ def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: i
         "naive": (_fwd_bwd(NaiveCSRConv(c_out, k, T)), (variables, x)),
         "conv": (_fwd_bwd(conv), (conv_vars, x)),
     }
-    ms, compile_s = time_interleaved(fns, repeats)
+    if baseline is not None:
+        fns["baseline"] = (_fwd_bwd(baseline(c_out, k, T, padding="SAME")), (variables, x))
+    inner = 1 if jax.devices()[0].platform == "cpu" else 10
+    ms, compile_s = time_interleaved(fns, repeats, inner)
     # Same variables for both: the naive loop must compute exactly CSRConv's function.
     y_csr = np.asarray(fns["csr"][0](variables, x)[2])
     y_naive = np.asarray(fns["naive"][0](variables, x)[2])
@@ -143,24 +159,28 @@ def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: i
     max_diff = float(np.abs(y_csr - y_naive).max())
     mac_ratio = accounting.csr_conv_macs(c_in, c_out, k, T, hw) / accounting.conv_macs(c_in, c_out, k, hw)
     device = jax.devices()[0]
+    extra = {} if baseline is None else {"baseline_ms": round(ms["baseline"], 3),
+                                         "baseline_over_csr": round(ms["baseline"] / ms["csr"], 3)}
     return {
         "case": name, "spatial": hw, "batch": batch, "csr_ms": round(ms["csr"], 3), "scan_ms": round(ms["scan"], 3),
         "naive_ms": round(ms["naive"], 3), "conv_ms": round(ms["conv"], 3),
         "csr_over_conv": round(ms["csr"] / ms["conv"], 3), "mac_ratio": round(mac_ratio, 3),
         "scan_over_csr": round(ms["scan"] / ms["csr"], 3), "naive_over_csr": round(ms["naive"] / ms["csr"], 3),
-        "compile_s": {n: round(s, 2) for n, s in compile_s.items()},
+        "compile_s": {n: round(s, 2) for n, s in compile_s.items()}, "repeats": repeats, "calls_per_repeat": inner,
         "naive_max_abs_diff": max_diff, "naive_matches": bool(max_diff <= 1e-4 * max(scale, 1.0)),
         "device": device.device_kind, "platform": device.platform, "jax": jax.__version__,
         "load_avg": round(os.getloadavg()[0], 2),
         "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        **extra,
     }
 
 
-def run(batch: int, repeats: int, json_path: str | None, cases: Sequence[tuple] = CASES) -> list[dict]:
+def run(batch: int, repeats: int, json_path: str | None, cases: Sequence[tuple] = CASES,
+        baseline: type | None = None) -> list[dict]:
     """Runs ``cases``; prints one JSON line per case and appends it to ``json_path`` if given."""
     rows = []
     for case in cases:
-        row = run_case(*case, batch=batch, repeats=repeats)
+        row = run_case(*case, batch=batch, repeats=repeats, baseline=baseline)
         rows.append(row)
         print(json.dumps(row), flush=True)
         if json_path:
@@ -170,15 +190,19 @@ def run(batch: int, repeats: int, json_path: str | None, cases: Sequence[tuple] 
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("| case | HxW | batch | CSR ms | scan ms | naive ms | nn.Conv ms | CSR/conv | MAC ratio | scan/CSR "
-            "| naive/CSR |\n|---|---|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    columns = ["case", "HxW", "batch", "CSR ms", "scan ms", "naive ms", "nn.Conv ms", "CSR/conv", "MAC ratio",
+               "scan/CSR", "naive/CSR"]
+    baseline = any("baseline_ms" in r for r in rows)
+    if baseline:
+        columns += ["baseline ms", "baseline/CSR"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append(
-            f"| {r['case']} | {r['spatial']}x{r['spatial']} | {r['batch']} | {r['csr_ms']:.1f} | {r['scan_ms']:.1f} "
-            f"| {r['naive_ms']:.1f} | {r['conv_ms']:.1f} | {r['csr_over_conv']:.2f} | {r['mac_ratio']:.2f} "
-            f"| {r['scan_over_csr']:.2f} | {r['naive_over_csr']:.2f} |"
-        )
+        cells = [r["case"], f"{r['spatial']}x{r['spatial']}", str(r["batch"])]
+        cells += [f"{r[k]:.1f}" for k in ("csr_ms", "scan_ms", "naive_ms", "conv_ms")]
+        cells += [f"{r[k]:.2f}" for k in ("csr_over_conv", "mac_ratio", "scan_over_csr", "naive_over_csr")]
+        if baseline:
+            cells += [f"{r['baseline_ms']:.1f}", f"{r['baseline_over_csr']:.2f}"] if "baseline_ms" in r else ["-", "-"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -199,12 +223,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--cases", nargs="*", default=None, help="only cases whose name contains one of these")
     parser.add_argument("--spatial", type=int, default=None, help="run every selected case at this HxW")
     parser.add_argument("--json", default=None, help="append one JSON line per case to this file")
+    parser.add_argument("--baseline-layer", default=None,
+                        help="a file defining an earlier CSRConv (e.g. from git show), timed as one more variant")
     args = parser.parse_args(argv)
     device = jax.devices()[0]
     print(f"# layer_bench  jax {jax.__version__}  device {device.device_kind} ({device.platform}, "
           f"{jax.device_count()} devices)  host {platform.node()}  "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}", flush=True)
-    rows = run(args.batch, args.repeats, args.json, select(CASES, args.cases, args.spatial))
+    baseline = _load_layer_class(args.baseline_layer) if args.baseline_layer else None
+    rows = run(args.batch, args.repeats, args.json, select(CASES, args.cases, args.spatial), baseline)
     print()
     print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
     print(format_table(rows))

@@ -75,13 +75,17 @@ def test_train_step_imports_without_the_training_loop_dependencies():
 
 
 def test_layer_bench_tiny_row():
-    (row,) = layer_bench.run(2, 2, None, [("tiny 3x3", 8, 12, 3, 4, 8)])
-    for key in ("csr_ms", "scan_ms", "naive_ms", "conv_ms"):
+    # The shipped layer file doubles as the "earlier version" the --baseline-layer option loads.
+    baseline = model_bench._load_layer_class(str(REPO / "csr_jax" / "csr_conv.py"))
+    (row,) = layer_bench.run(2, 2, None, [("tiny 3x3", 8, 12, 3, 4, 8)], baseline=baseline)
+    for key in ("csr_ms", "scan_ms", "naive_ms", "conv_ms", "baseline_ms"):
         assert row[key] > 0, key
     assert row["naive_matches"] and row["naive_max_abs_diff"] < 1e-4
     assert row["csr_over_conv"] == pytest.approx(row["csr_ms"] / row["conv_ms"], rel=1e-2)
     json.loads(json.dumps(row))
-    assert "| tiny 3x3 | 8x8 | 2 |" in layer_bench.format_table([row])
+    table = layer_bench.format_table([row]).splitlines()
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|") == 14
+    assert table[2].startswith("| tiny 3x3 | 8x8 | 2 |")
 
 
 @pytest.mark.parametrize("c_in,c_out,k,T", [(10, 12, 3, 4), (6, 13, 1, 3)])

@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from tests import test_train_support as support
 
@@ -37,18 +36,6 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent('''
     summary = train_and_evaluate(load_config(config_path), workdir)
     print('DEVICES:', summary['num_devices'])
 ''')
-
-
-@pytest.fixture(scope='module')
-def root(tmp_path_factory) -> Path:
-    root = support.session_root(tmp_path_factory)
-    support.enable_compile_cache(root)
-    return root
-
-
-@pytest.fixture(scope='module')
-def reference(root) -> Path:
-    return support.reference_run(root)
 
 
 def _assert_same_training(workdir: Path, reference: Path) -> None:

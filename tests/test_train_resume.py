@@ -47,18 +47,6 @@ SIGTERM_DRIVER = textwrap.dedent('''
 ''').format(kill_at=KILL_AT)
 
 
-@pytest.fixture(scope='module')
-def root(tmp_path_factory) -> Path:
-    root = support.session_root(tmp_path_factory)
-    support.enable_compile_cache(root)
-    return root
-
-
-@pytest.fixture(scope='module')
-def reference(root) -> Path:
-    return support.reference_run(root)
-
-
 def _steps(workdir: Path) -> list[int]:
     return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 

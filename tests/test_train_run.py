@@ -22,13 +22,6 @@ SUMMARY_FIELDS = ('eval_accuracy', 'eval_loss', 'num_params', 'step', 'images_pe
                   'num_processes')
 
 
-@pytest.fixture(scope='module')
-def root(tmp_path_factory) -> Path:
-    root = support.session_root(tmp_path_factory)
-    support.enable_compile_cache(root)
-    return root
-
-
 def test_default_command_trains_the_digits_csr_network(root, tmp_path):
     """`python -m experiments.train` (here cut to 3 steps) on the default config."""
     workdir = tmp_path / 'run'

@@ -19,24 +19,31 @@ from csr_jax import CSRConv
 REPO = Path(__file__).resolve().parent.parent
 
 
-def test_model_bench_tiny_rows(tmp_path):
+def test_model_bench_tiny_rows(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     cases = model_bench.select_cases("tiny", None)
-    rows = model_bench.run(cases, ["ordinary", "csr"], repeats=2, target_s=0.0, isolate=False, json_path=str(out))
+    # The shipped layer file doubles as the "earlier version" that --baseline-layer loads.
+    rows = model_bench.run(cases, ["ordinary", "csr", "csr-baseline"], repeats=2, target_s=0.0, isolate=False,
+                           json_path=str(out), baseline_layer=str(REPO / "csr_jax" / "csr_conv.py"))
     written = [json.loads(line) for line in out.read_text().splitlines()]
-    assert written == rows and [r["variant"] for r in rows] == ["ordinary", "csr"]
+    assert written == rows and [r["variant"] for r in rows] == ["ordinary", "csr", "csr-baseline"]
     for row in rows:
         assert row["images_per_s"] > 0 and row["step_ms"] > 0 and len(row["step_ms_repeats"]) == 2
         assert row["images_per_s"] == pytest.approx(row["batch"] / row["step_ms"] * 1e3, rel=1e-2)
         assert row["memory_source"] == "memory_analysis" and row["memory"]["planned_bytes"] > 0
         assert row["compile_s"] > 0 and row["macs_per_image"] > 0
         assert (row["batch"], row["image"], row["dtype"]) == (2, 8, "fp32")
-    ordinary, csr = rows
-    # The CSR network has fewer weights (expand T=3, project T=4), as the preset promises.
+    ordinary, csr, baseline = rows
+    # The CSR network has fewer weights (expand T=3, project T=4), as the preset promises; the
+    # baseline layer builds the same architecture.
     assert csr["params"] < ordinary["params"]
+    assert (baseline["params"], baseline["macs_per_image"]) == (csr["params"], csr["macs_per_image"])
     table = model_bench.format_table(rows)
     ratio = csr["images_per_s"] / ordinary["images_per_s"]
     assert f"| {ratio:.2f} |" in table and "memory_analysis" in table
+    capsys.readouterr()
+    model_bench.main(["--table", str(out)])
+    assert capsys.readouterr().out.strip() == table
 
 
 def test_model_table_ratios_and_errors():

@@ -126,8 +126,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                     "csr unroll=1": CSRConv(c_out, k, steps, depthwise=depthwise, unroll=1)}
         if baseline is not None:
             variants["baseline"] = baseline(c_out, k, steps, depthwise=depthwise)
+        conv = nn.Conv(c_out, (k, k), use_bias=False, feature_group_count=c_in if depthwise else 1)
+        variants["nn.Conv (reference)"] = conv
         for label, module in variants.items():
-            stats = layer_stats(module, variables, x)
+            stats = layer_stats(module, conv.init(jax.random.key(0), x) if module is conv else variables, x)
             temp = stats["temp_bytes"]
             print(f"| {name} | {label} | " + " | ".join(str(stats["ops"][op]) for op in (*OPS, "kernels"))
                   + f" | {'-' if temp is None else f'{temp / 2**20:.1f}'} |", flush=True)

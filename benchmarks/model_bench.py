@@ -364,15 +364,24 @@ def _mib(n: int | None) -> str:
     return "-" if not n else f"{n / 2**20:,.0f}"
 
 
+def _rate(images_per_s: float) -> str:
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.1f}"
+
+
 def _memory_of(row: dict) -> int | None:
     memory = row.get("memory") or {}
     return memory.get("peak_bytes_in_use") or memory.get("planned_bytes")
 
 
 def format_table(rows: list[dict]) -> str:
-    """One line per CSR variant of a case: throughputs, ratio to ordinary, MAC and memory ratios."""
-    head = ("| case | variant | ordinary img/s | CSR img/s | CSR/ordinary | MAC ratio | memory MiB (ord / CSR) "
-            "| memory ratio | compile s (ord / CSR) |\n|---|---|---|---|---|---|---|---|---|")
+    """One line per CSR variant of a case: throughputs, ratio to ordinary, MAC and memory ratios.
+
+    ``per-MAC speed`` is (CSR img/s x CSR MACs) / (ordinary img/s x ordinary MACs): 1.0 when
+    CSR's multiply-accumulates run as fast as the ordinary network's, below 1 when CSR is
+    slower than its MAC count predicts.
+    """
+    head = ("| case | variant | ordinary img/s | CSR img/s | CSR/ordinary | MAC ratio | per-MAC speed "
+            "| memory MiB (ord / CSR) | memory ratio | compile s (ord / CSR) |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     by_case: dict[str, dict[str, dict]] = {}
     for row in rows:
@@ -385,20 +394,23 @@ def format_table(rows: list[dict]) -> str:
             title = row.get("title", case_id)
             if "error" in row or ordinary is None or "error" in ordinary:
                 why = row.get("error") or (ordinary or {}).get("error") or "no ordinary row"
-                lines.append(f"| {title} | {name} | - | - | - | - | - | - | {why} |")
+                lines.append(f"| {title} | {name} | - | - | - | - | - | - | - | {why} |")
                 continue
             mem_o, mem_c = _memory_of(ordinary), _memory_of(row)
+            speed = row["images_per_s"] / ordinary["images_per_s"]
+            macs = row["macs_per_image"] / ordinary["macs_per_image"]
             lines.append(
-                f"| {title} | {name} | {ordinary['images_per_s']:,.0f} | {row['images_per_s']:,.0f} "
-                f"| {row['images_per_s'] / ordinary['images_per_s']:.2f} "
-                f"| {row['macs_per_image'] / ordinary['macs_per_image']:.2f} "
+                f"| {title} | {name} | {_rate(ordinary['images_per_s'])} | {_rate(row['images_per_s'])} "
+                f"| {speed:.2f} | {macs:.2f} | {speed * macs:.2f} "
                 f"| {_mib(mem_o)} / {_mib(mem_c)} | {(mem_c / mem_o) if mem_o and mem_c else float('nan'):.2f} "
                 f"| {ordinary['compile_s']:.0f} / {row['compile_s']:.0f} |")
     sources = sorted({r.get("memory_source") for r in rows if r.get("memory_source")})
-    lines.append("")
-    lines.append("memory: " + ", ".join(
-        {"peak_bytes_in_use": "device peak_bytes_in_use (one network per process)",
-         "memory_analysis": "compiled step's memory_analysis(): argument + output + temp - alias"}[s] for s in sources))
+    if sources:
+        lines.append("")
+        lines.append("memory: " + ", ".join(
+            {"peak_bytes_in_use": "device peak_bytes_in_use (one network per process)",
+             "memory_analysis": "compiled step's memory_analysis(): argument + output + temp - alias"}[s]
+            for s in sources))
     return "\n".join(lines)
 
 

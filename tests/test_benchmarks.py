@@ -53,7 +53,7 @@ def test_model_table_ratios_and_errors():
 
     table = model_bench.format_table([row("ordinary", 200.0, 2**30, 100), row("csr", 150.0, 3 * 2**29, 120),
                                       {"case": "d", "title": "Other", "variant": "csr", "error": "timed out"}])
-    assert "| Net | csr | 200 | 150 | 0.75 | 1.20 | 1,024 / 1,536 | 1.50 |" in table
+    assert "| Net | csr | 200 | 150 | 0.75 | 1.20 | 0.90 | 1,024 / 1,536 | 1.50 |" in table
     assert "| Other | csr |" in table and "timed out" in table
 
 

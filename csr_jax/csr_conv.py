@@ -13,13 +13,13 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
   their natural ``(N, H, W, T, g)`` order -- no transpose, and XLA runs a dot much faster than a
   1x1 ``conv_general_dilated``; depthwise kernels are tiled over the T chunks (one depthwise
   conv, natural order too); other k x k kernels fold T into the batch (time-major).
-* Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every preset) it
+* Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every listed preset) it
   is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
   fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer
   fusions), where a rolled ``lax.scan`` is a while loop that slices its input and writes its
   stacked output with dynamic indices every step, in the forward and again in the backward
-  pass, with no fusion across iterations (on XLA:CPU a conv inside the loop also ran ~8x
-  slower). Longer recurrences use the scan, to bound compile time and program size.
+  pass, with no fusion across iterations (on XLA:CPU a layer with a 3x3 hidden conv ran 7-11x
+  slower rolled). Longer recurrences use the scan, to bound compile time and program size.
 * The steps are cut from ``a`` with ONE split (its gradient is one concatenate; per-step slices
   would each turn into a zero-padded full-size gradient, all added up), and their outputs are
   stacked directly in ``(N, H, W, T, g)`` order, which IS the concatenation over channels, so
@@ -164,7 +164,7 @@ def _matmul(x: Array, w: Array, precision: Any) -> Array:
 
     Written as a 2-D dot rather than ``einsum('nhwc,cd->nhwd')``: the gradient of the einsum
     contracts over three axes and XLA:CPU then transposes the operands; the 2-D form ran the
-    forward+backward of a 96 -> 576 1x1 layer 2.3x faster (``benchmarks/RESULTS.md``).
+    forward+backward of a 96 -> 576 1x1 layer 2x faster (``benchmarks/RESULTS.md``).
     """
     out = jnp.dot(x.reshape(-1, x.shape[-1]), w, precision=precision)
     return out.reshape(*x.shape[:-1], w.shape[-1])

@@ -168,7 +168,7 @@ def create(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     policy = get_policy(name, csr)
-    unroll = overrides.pop("unroll", 1)
+    unroll = overrides.pop("unroll", None)
     valid = {f.name for f in dataclasses.fields(spec.module)} - {"parent", "name", "conv", "dtype", "num_classes"}
     bad = sorted(set(overrides) - valid)
     if bad:

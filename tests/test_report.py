@@ -7,8 +7,6 @@ reads the files the training loop really wrote.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
@@ -22,6 +20,7 @@ import pytest
 from csr_jax import report
 from experiments import report as report_cli
 from experiments.configs import digits
+from tests import test_train_support as support
 
 NUM_STEPS = 4
 
@@ -41,16 +40,6 @@ def _train(workdir: Path, csr: str) -> dict:
     return train_and_evaluate(config, str(workdir))
 
 
-@contextlib.contextmanager
-def _exclusive(lock_file: Path):
-    with open(lock_file, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """The two runs, trained once per session: under pytest-xdist the workers share one directory
@@ -60,7 +49,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "report_runs"
     root.mkdir(parents=True, exist_ok=True)
     workdirs = {"t2": root / "csr_t2", "none": root / "ordinary"}
-    with _exclusive(root / "lock"):
+    with support.locked(root / "lock"):
         for csr, workdir in workdirs.items():
             if not (workdir / "summary.json").exists():
                 shutil.rmtree(workdir, ignore_errors=True)  # A run a crashed worker left half-done.

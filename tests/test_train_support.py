@@ -137,7 +137,8 @@ def assert_trees_close(a, b, rtol: float, atol: float) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def locked(path: Path):
+    """Holds an exclusive file lock, so xdist workers build a shared run only once."""
     with open(path, 'w') as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -154,7 +155,7 @@ def reference_run(tmp_root: Path) -> Path:
     root = tmp_root / 'reference'
     root.mkdir(parents=True, exist_ok=True)
     workdir = root / 'workdir'
-    with _locked(root / 'lock'):
+    with locked(root / 'lock'):
         if not (workdir / 'summary.json').exists():
             import jax
             from csr_jax.train import train_and_evaluate

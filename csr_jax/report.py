@@ -7,8 +7,9 @@ A run is a workdir written by :func:`csr_jax.train.train_and_evaluate`:
 * ``metrics.jsonl`` — one JSON object per write, ``{"step", "time", "train/<name>" ...}`` or
   ``{"step", "time", "eval/<name>" ...}``, appended as training goes.
 
-This module only reads those files, so it needs neither JAX nor the model code, and it draws on
-``matplotlib.figure.Figure`` directly (not ``pyplot``): the same function then works in a
+This module only reads those files, so it needs neither JAX nor the model code; matplotlib is
+imported only when a figure is drawn (the ``notebooks`` extra), so tables work without it. It
+draws on ``matplotlib.figure.Figure`` directly (not ``pyplot``): the same function then works in a
 notebook, where the figure is shown inline, and in a headless command, where it is saved as PNG,
 without touching the global matplotlib backend.
 
@@ -21,10 +22,10 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = [
     "SUMMARY_FILE",
@@ -182,6 +183,9 @@ def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
     """
     if not runs:
         raise ValueError("plot_curves needs at least one run.")
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
+
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     colors = [f"C{i % 10}" for i in range(len(runs))]

@@ -23,6 +23,9 @@ size or resolution rather than silently resuming a different stream.
 
 Eval pads the split to a whole number of global batches, process ``p`` takes positions
 ``p::P`` of each padded global batch, and rows past the end are zeros with ``mask`` False.
+
+``mock_data=True`` reads tfds mock examples instead of the files of the tfds-backed datasets
+(``registry``); the pipeline, the augmentation and the eval are the ones real data goes through.
 """
 
 from __future__ import annotations
@@ -43,12 +46,14 @@ __all__ = ["get_info", "make_train_iterator", "make_eval_iterator", "TrainIterat
            "EvalIterator"]
 
 _STATE_VERSION = 1
+# What a state saved before an identity field existed implies for it.
+_IDENTITY_DEFAULTS = {"mock_data": False}
 
 
 def get_info(name: str, *, data_dir: str | os.PathLike | None = None,
-             image_size: int | None = None) -> DatasetInfo:
+             image_size: int | None = None, mock_data: bool = False) -> DatasetInfo:
     """Static facts about ``name`` (raises ``DatasetNotFoundError`` if its data is missing)."""
-    return registry.build(name, data_dir, image_size).info
+    return registry.build(name, data_dir, image_size, mock_data).info
 
 
 def _processes(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -122,28 +127,29 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         """
         if not isinstance(state, dict) or "grain" not in state:
             raise ValueError(f"not a train-iterator state (from get_state()): {state!r}")
-        mismatched = {k: (state.get(k), v) for k, v in self._identity.items() if state.get(k) != v}
+        saved = {k: state.get(k, _IDENTITY_DEFAULTS.get(k)) for k in self._identity}
+        mismatched = {k: (saved[k], v) for k, v in self._identity.items() if saved[k] != v}
         if state.get("version") != _STATE_VERSION or mismatched:
             details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in
                                 mismatched.items()) or f"version {state.get('version')!r}"
             raise ValueError(
                 f"the saved data-iterator state belongs to a different input stream ({details}); "
-                "resume with the same dataset, seed, batch size and image size, or start a new "
-                "run.")
+                "resume with the same dataset, seed, batch size, image size and mock_data, or "
+                "start a new run.")
         self._it.set_state(state["grain"])
 
 
 def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
                         data_dir: str | os.PathLike | None = None, image_size: int | None = None,
                         process_index: int | None = None, process_count: int | None = None,
-                        num_threads: int | None = None) -> TrainIterator:
+                        num_threads: int | None = None, mock_data: bool = False) -> TrainIterator:
     """The training stream of ``name`` for this process (see the module docstring).
 
     ``num_threads``: grain worker threads that read and augment upcoming batches in the
     background (default: the CPU count, at most 8); the stream does not depend on it.
     """
     layout = _layout(global_batch_size, process_index, process_count)
-    dataset = registry.build(name, data_dir, image_size)
+    dataset = registry.build(name, data_dir, image_size, mock_data)
     n = len(dataset.train)
     steps = n // layout.global_batch_size
     if steps == 0:
@@ -174,7 +180,8 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
           .random_map(augment, seed=_sub_seed(seed, 1)))
     iterator = iter(ds.to_iter_dataset(_read_options(num_threads)))
     identity = {"dataset": name, "seed": int(seed), "global_batch_size": layout.global_batch_size,
-                "image_shape": list(dataset.info.image_shape), "num_train": n}
+                "image_shape": list(dataset.info.image_shape), "num_train": n,
+                "mock_data": bool(mock_data)}
     return TrainIterator(iterator, dataset.info, steps, identity)
 
 
@@ -204,7 +211,7 @@ class EvalIterator(Iterator[dict[str, np.ndarray]]):
 def make_eval_iterator(name: str, *, global_batch_size: int,
                        data_dir: str | os.PathLike | None = None, image_size: int | None = None,
                        process_index: int | None = None, process_count: int | None = None,
-                       num_threads: int | None = None) -> EvalIterator:
+                       num_threads: int | None = None, mock_data: bool = False) -> EvalIterator:
     """Every eval example exactly once over all processes, in a fixed order (no augmentation).
 
     The last global batch is padded: padding rows are zero images with label 0 and ``mask``
@@ -212,7 +219,7 @@ def make_eval_iterator(name: str, *, global_batch_size: int,
     same number of (collective) eval steps.
     """
     layout = _layout(global_batch_size, process_index, process_count)
-    dataset = registry.build(name, data_dir, image_size)
+    dataset = registry.build(name, data_dir, image_size, mock_data)
     n = len(dataset.eval)
     num_batches = math.ceil(n / layout.global_batch_size)
     source, transform, shape = dataset.eval, dataset.transform, dataset.info.image_shape

@@ -12,10 +12,18 @@ feature's shape). Its single-record ``__getitem__`` works, but its batched ``__g
 broken in that version (the mock binds ``_getitems`` without ``self`` and raises TypeError), so
 ``TfdsSource.read`` reads record by record; with real array_record files that costs little,
 since reads run in grain's worker threads and decoding dominates anyway.
+
+``open_mock_split`` uses that mock on purpose (``config.mock_data``): a split of random examples
+with the real split's length and the builder's real features (CIFAR 32x32x3, Fashion-MNIST
+28x28x1, ImageNet of random sizes between 5 and 49 pixels a side), so every config's input
+pipeline, augmentation and masked eval run on a machine that has never prepared the data. The
+mock is active only while the split is opened; the returned source keeps working after it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
@@ -23,7 +31,15 @@ import numpy as np
 
 from csr_jax.data.info import DatasetNotFoundError, prepare_command
 
-__all__ = ["TfdsSource", "open_split"]
+__all__ = ["MOCK_SPLIT_SIZES", "TfdsSource", "open_mock_split", "open_split"]
+
+# The real splits' lengths, so that a mock run has the real run's epochs and schedule.
+MOCK_SPLIT_SIZES: dict[tuple[str, str], int] = {
+    ("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000,
+    ("cifar100", "train"): 50_000, ("cifar100", "test"): 10_000,
+    ("fashion_mnist", "train"): 60_000, ("fashion_mnist", "test"): 10_000,
+    ("imagenet2012", "train"): 1_281_167, ("imagenet2012", "validation"): 50_000,
+}
 
 
 class TfdsSource:
@@ -91,4 +107,40 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Tfd
                 f"it was prepared as {file_format}, which has no random access; prepare it again "
                 "into another data_dir (prepare_data writes array_record)") from e
         raise
+    return TfdsSource(source, name, split)
+
+
+class _DropMissingMetadataWarning(logging.Filter):
+    """The mock builds builders from code, and tfds warns that it found no metadata files."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has no dataset_info.json" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_mock_warnings():
+    logger, drop = logging.getLogger("absl"), _DropMissingMetadataWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
+def open_mock_split(name: str, split: str) -> TfdsSource:
+    """``name``/``split`` as random examples from ``tfds.testing.mock_data`` (no files read).
+
+    The split has its real length (``MOCK_SPLIT_SIZES``); example ``i`` is the same on every call
+    and every machine (tfds seeds its generator with the index).
+    """
+    try:
+        num_examples = MOCK_SPLIT_SIZES[(name, split)]
+    except KeyError:
+        raise ValueError(f"no mock data for tfds split {name!r}/{split!r}; mock splits: "
+                         f"{sorted(MOCK_SPLIT_SIZES)}") from None
+    import tensorflow_datasets as tfds  # Lazy, as in open_split.
+
+    with _quiet_mock_warnings(), tfds.testing.mock_data(
+            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
+        source = tfds.data_source(name, split=split, download=False)
     return TfdsSource(source, name, split)

@@ -25,7 +25,8 @@ def evaluate(eval_step: Callable[..., dict[str, jax.Array]], state: TrainState,
   max_batches = config.get('eval_max_batches')
   batches = data_lib.make_eval_iterator(config.dataset, global_batch_size=eval_batch_size,
                                         data_dir=config.get('data_dir'),
-                                        image_size=config.get('image_size'))
+                                        image_size=config.get('image_size'),
+                                        mock_data=bool(config.get('mock_data', False)))
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break

@@ -63,7 +63,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_dir, image_size = config.get('data_dir'), config.get('image_size')
 
   # 1. Validate everything cheap before compiling or writing anything.
-  info = data_lib.get_info(config.dataset, data_dir=data_dir, image_size=image_size)
+  info = data_lib.get_info(config.dataset, data_dir=data_dir, image_size=image_size,
+                           mock_data=bool(config.get('mock_data', False)))
   mesh = make_data_mesh()
   batch_size = int(config.batch_size)
   eval_batch_size = int(config.get('eval_batch_size') or batch_size)
@@ -92,6 +93,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
   """Everything after validation: resume or start, train, evaluate, summarise."""
   csr = record['csr']
   data_dir, image_size = config.get('data_dir'), config.get('image_size')
+  mock_data = bool(config.get('mock_data', False))
   saved = ckpt.saved_config()
   if saved is not None:
     check_compatible(saved, record, workdir)
@@ -113,7 +115,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
 
   train_iter = data_lib.make_train_iterator(config.dataset, global_batch_size=batch_size,
                                             seed=int(config.seed), data_dir=data_dir,
-                                            image_size=image_size)
+                                            image_size=image_size, mock_data=mock_data)
   resumed_from = ckpt.latest_step()
   if resumed_from is not None:
     state, data_state = ckpt.restore(resumed_from, like=state)
@@ -212,6 +214,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
       'model': config.model,
       'csr': csr,
       'dataset': config.dataset,
+      'mock_data': mock_data,  # True: the eval numbers are on tfds's random examples.
       'num_classes': int(info.num_classes),
       'image_shape': list(input_shape),
       'num_params': num_params,

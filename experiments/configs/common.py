@@ -22,6 +22,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.dataset = 'digits'
   c.data_dir = config_dict.placeholder(str)
   c.image_size = config_dict.placeholder(int)
+  # True: cifar10/cifar100/imagenet2012/fashion_mnist read tfds.testing.mock_data (random examples,
+  # the real split sizes) instead of files, through the same pipeline: a smoke test on a machine
+  # that has not prepared the data. digits and synthetic need no files and ignore it.
+  c.mock_data = False
 
   # Model: a name from csr_jax.models.list_models(); `csr` is a preset of that model
   # ('reference', 't2', 't4', ...) or 'none' for the ordinary network.

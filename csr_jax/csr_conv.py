@@ -4,7 +4,8 @@ The layer splits the input channels into ``steps`` (T) consecutive chunks and ru
 over them whose two convolution kernels are shared by every step, so the parameter count falls
 roughly as 1/T^2 against an ordinary convolution with the same channels. The exact semantics
 (channel wrap-around, the first step without a hidden term, the Euler-step update with the
-learnable scalars alpha and beta) are those of the authors' reference code; see SPEC.md.
+learnable scalars alpha and beta) are those of the authors' reference code (tests/reference_numpy.py
+restates them as an independent float64 implementation).
 
 Why the computation is organised the way it is (measured in ``benchmarks/RESULTS.md``):
 
@@ -16,30 +17,39 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
 * Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every listed preset) it
   is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
   fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer
-  fusions), where a rolled ``lax.scan`` is a while loop that slices its input and writes its
+  fusions), where a rolled scan is a while loop that slices its input and writes its
   stacked output with dynamic indices every step, in the forward and again in the backward
   pass, with no fusion across iterations (on XLA:CPU a layer with a 3x3 hidden conv ran 7-11x
-  slower rolled). Longer recurrences use the scan, to bound compile time and program size.
+  slower rolled). Longer recurrences (and an explicit int ``unroll``) run the rolled form, a
+  ``flax.linen.scan`` over the hidden cell, to bound compile time and program size.
 * The steps are cut from ``a`` with ONE split (its gradient is one concatenate; per-step slices
   would each turn into a zero-padded full-size gradient, all added up), and their outputs are
   stacked directly in ``(N, H, W, T, g)`` order, which IS the concatenation over channels, so
   no re-interleaving transpose is needed at the end.
 * A 1x1 hidden kernel is applied as a dot for the same reason as the input path.
-* The hidden path is a pure function of its parameters (created by ``_HiddenParams`` under
-  ``hidden/``), not a module, so how the steps are run does not change the parameter tree.
+* The math is pure functions of the parameters (:func:`_forward`, :func:`_input_path`,
+  :func:`_hidden_step`, :func:`_hidden_path`), shared by this linen layer and by the native NNX
+  layer ``csr_jax.nnx.CSRConv``; the modules only create parameters and pick how the steps run.
+* The hidden parameters live in ONE cell module, ``_HiddenCell`` under ``hidden/``. The unrolled
+  form reads them from it; the rolled form runs the cell in ``flax.linen.scan`` with the
+  parameters broadcast (``variable_broadcast='params'``), so both forms have the same parameter
+  tree and take each other's variables.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
+
+from csr_jax.depthwise import depthwise_conv
 
 Array = jax.Array
 Dtype = Any
@@ -73,19 +83,39 @@ def csr_group_sizes(in_features: int, out_features: int, steps: int) -> tuple[in
     return -(-in_features // steps), -(-out_features // steps)
 
 
+def _is_int(value: Any) -> bool:
+    """True for Python and NumPy integers (``np.int64`` from a config or an array shape), False
+    for booleans: ``True`` is an ``int`` to Python, but ``steps=True`` is a mistake, not T=1."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as a Python int >= ``minimum``, or a ValueError that says what was wrong."""
+    if isinstance(value, bool):
+        raise ValueError(
+            f"CSRConv: {name} must be an int >= {minimum}, got the bool {value!r}; pass an int "
+            f"(a bool is not taken as {int(value)})."
+        )
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"CSRConv: {name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
-    if isinstance(value, int):
+    if _is_int(value):
         pair = (value, value)
-    else:
+    elif isinstance(value, Sequence) and not isinstance(value, str):
         pair = tuple(value)
         if len(pair) == 1:
             pair = (pair[0], pair[0])
-    if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
+    else:
+        pair = ()
+    if len(pair) != 2 or not all(_is_int(v) and v >= 1 for v in pair):
         raise ValueError(
             f"CSRConv: {name} must be a positive int or a pair of positive ints "
-            f"(CSRConv is 2-D, NHWC), got {value!r}."
+            f"(CSRConv is 2-D, NHWC; booleans are refused), got {value!r}."
         )
-    return pair  # type: ignore[return-value]
+    return int(pair[0]), int(pair[1])
 
 
 def _canonical_padding(padding: PaddingLike) -> str | list[tuple[int, int]]:
@@ -98,16 +128,16 @@ def _canonical_padding(padding: PaddingLike) -> str | list[tuple[int, int]]:
             f"CSRConv: padding {padding!r} is not supported; use 'SAME', 'VALID', an int, "
             "a pair of ints, or a pair of (low, high) pairs."
         )
-    if isinstance(padding, int) and not isinstance(padding, bool):
+    if _is_int(padding):
         if padding < 0:
             raise ValueError(f"CSRConv: padding must be >= 0, got {padding}.")
-        return [(padding, padding)] * 2
+        return [(int(padding), int(padding))] * 2
     if isinstance(padding, Sequence) and len(padding) == 2:
         pads = []
         for p in padding:
-            if isinstance(p, int) and p >= 0:
-                pads.append((p, p))
-            elif isinstance(p, Sequence) and len(p) == 2 and all(isinstance(v, int) and v >= 0 for v in p):
+            if _is_int(p) and p >= 0:
+                pads.append((int(p), int(p)))
+            elif isinstance(p, Sequence) and len(p) == 2 and all(_is_int(v) and v >= 0 for v in p):
                 pads.append((int(p[0]), int(p[1])))
             else:
                 break
@@ -129,34 +159,118 @@ def _is_zero_padding(padding: str | list[tuple[int, int]]) -> bool:
     return padding in ("SAME", "VALID") or all(p == (0, 0) for p in padding)
 
 
-class _HiddenParams(nn.Module):
-    """The hidden path's parameters, created once and shared by all steps: ``hidden_kernel``
-    (V), ``alpha``, ``beta`` and ``hidden_bias`` (b_V). The recurrence itself is the pure
-    function :func:`_hidden_path`, so it can be unrolled, scanned or rematerialised freely."""
+class _Spec(NamedTuple):
+    """A layer's checked configuration, as plain Python values (what the pure functions take)."""
 
     features: int
+    steps: int
     kernel_size: tuple[int, int]
+    strides: tuple[int, int]
+    padding: str | tuple[tuple[int, int], ...]
+    g_in: int
+    g_out: int
+    #: How the hidden steps run: None = straight-line code, an int = a rolled scan with that unroll.
+    scan_unroll: int | None
+
+
+def _resolve(c_in: Any, features: Any, kernel_size: Any, steps: Any, strides: Any, padding: Any,
+             depthwise: bool, unroll: Any) -> _Spec:
+    """Checks a layer configuration against ``c_in`` input channels; shared by the linen and NNX
+    layers, so both accept (NumPy integers) and refuse (booleans, bad sizes) the same inputs."""
+    steps = _check_int(steps, "steps")
+    features = _check_int(features, "features")
+    c_in = _check_int(c_in, "in_features (the input channels)")
+    if steps > c_in:
+        raise ValueError(
+            f"CSRConv: steps={steps} exceeds the input channels ({c_in}); every step needs "
+            f"at least one channel, so use steps <= {c_in}."
+        )
+    if steps > features:
+        raise ValueError(
+            f"CSRConv: steps={steps} exceeds features ({features}); every step needs at "
+            f"least one output channel, so use steps <= {features}."
+        )
+    if depthwise and c_in != features:
+        raise ValueError(
+            f"CSRConv: depthwise=True needs as many input as output channels, got {c_in} in and "
+            f"{features} out; use depthwise=False or features={c_in}."
+        )
+    kernel_size = _pair(kernel_size, "kernel_size")
+    strides = _pair(strides, "strides")
+    if steps > 1 and any(k % 2 == 0 for k in kernel_size):
+        raise ValueError(
+            f"CSRConv: kernel_size {kernel_size} has an even side; the hidden convolution "
+            "(stride 1, (k-1)//2 padding) only preserves the spatial size for odd kernels."
+        )
+    if unroll is not None and (not _is_int(unroll) or unroll < 1):
+        raise ValueError(
+            f"CSRConv: unroll must be None (fully unroll up to {FULL_UNROLL_MAX_STEPS} steps) or an "
+            f"int >= 1 (scan unroll factor), got {unroll!r}."
+        )
+    # Straight-line code for unroll=None up to the limit, and whenever the unroll factor covers
+    # all T - 1 steps (a scan unrolled that far computes the same, through a one-trip loop).
+    if unroll is None:
+        scan_unroll = None if steps <= FULL_UNROLL_MAX_STEPS else 1
+    else:
+        scan_unroll = None if unroll >= steps - 1 else int(unroll)
+    padding = _canonical_padding(padding)
+    if not isinstance(padding, str):
+        padding = tuple(padding)
+    g_in, g_out = csr_group_sizes(c_in, features, steps)
+    if depthwise:
+        g_in = g_out  # c_in == features, so ceil(c_in/T) == ceil(features/T)
+    return _Spec(features, steps, kernel_size, strides, padding, g_in, g_out, scan_unroll)
+
+
+def _kernel_shapes(spec: _Spec, depthwise: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """HWIO shapes of the input kernel U (g_in -> g_out) and the hidden kernel V (g_out -> g_out)."""
+    kh, kw = spec.kernel_size
+    return ((kh, kw, 1 if depthwise else spec.g_in, spec.g_out),
+            (kh, kw, 1 if depthwise else spec.g_out, spec.g_out))
+
+
+def _fan_in(kernel_shape: Sequence[int]) -> int:
+    """kh * kw * in of an HWIO kernel: the fan-in of the reference's bias init."""
+    kh, kw, cin, _ = kernel_shape
+    return kh * kw * cin
+
+
+class _HiddenCell(nn.Module):
+    """One hidden step, holding the hidden path's parameters shared by all steps:
+    ``hidden_kernel`` (V), ``alpha``, ``beta`` and ``hidden_bias`` (b_V).
+
+    The unrolled form calls :meth:`weights` and runs :func:`_hidden_path` on them; the rolled
+    form runs ``__call__`` (carry ``h``, input ``a_t``) in ``flax.linen.scan`` with the
+    parameters broadcast, so both forms create the same parameters under the same name.
+    """
+
+    spec: _Spec
     use_bias: bool
     depthwise: bool
+    dtype: Dtype
     param_dtype: Dtype
+    precision: Any
     kernel_init: Initializer
     bias_init: Initializer | None
 
-    @nn.compact
-    def __call__(self) -> tuple[Array, Array | None, Array, Array]:
-        kh, kw = self.kernel_size
-        g = self.features
-        kernel = self.param(
-            "hidden_kernel", self.kernel_init, (kh, kw, 1 if self.depthwise else g, g), self.param_dtype
-        )
-        alpha = self.param("alpha", nn.initializers.constant(0.5), (), self.param_dtype)
-        beta = self.param("beta", nn.initializers.constant(0.5), (), self.param_dtype)
-        bias = None
+    def setup(self) -> None:
+        _, shape = _kernel_shapes(self.spec, self.depthwise)
+        self.kernel = self.param("hidden_kernel", self.kernel_init, shape, self.param_dtype)
+        self.alpha = self.param("alpha", nn.initializers.constant(0.5), (), self.param_dtype)
+        self.beta = self.param("beta", nn.initializers.constant(0.5), (), self.param_dtype)
+        self.bias = None
         if self.use_bias:
-            fan_in = kh * kw * (1 if self.depthwise else g)
-            bias_init = self.bias_init or reference_bias_init(fan_in)
-            bias = self.param("hidden_bias", bias_init, (g,), self.param_dtype)
+            bias_init = self.bias_init or reference_bias_init(_fan_in(shape))
+            self.bias = self.param("hidden_bias", bias_init, (self.spec.g_out,), self.param_dtype)
+
+    def weights(self) -> tuple[Array, Array | None, Array, Array]:
+        """``(kernel, bias, alpha, beta)`` in the computation dtype."""
+        kernel, bias, alpha, beta = promote_dtype(self.kernel, self.bias, self.alpha, self.beta, dtype=self.dtype)
         return kernel, bias, alpha, beta
+
+    def __call__(self, h: Array, a_t: Array) -> tuple[Array, Array]:
+        h = _hidden_step(h, a_t, *self.weights(), depthwise=self.depthwise, precision=self.precision)
+        return h, h
 
 
 def _matmul(x: Array, w: Array, precision: Any) -> Array:
@@ -174,17 +288,20 @@ def _hidden_step(h: Array, a: Array, kernel: Array, bias: Array | None, alpha: A
                  depthwise: bool, precision: Any) -> Array:
     """``h_t = alpha * relu(a_t + r_t) + (1 - beta) * r_t`` with ``r_t = V * h_{t-1} + b_V``."""
     kh, kw, _, g = kernel.shape
+    pads = [((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)]
     if (kh, kw) == (1, 1) and not depthwise:
         # A 1x1 conv is a contraction; XLA runs it faster as a dot than as a conv.
         r = _matmul(h, kernel[0, 0], precision)
+    elif depthwise:
+        # Shifted taps on CPU, the XLA conv on GPU/TPU (csr_jax.depthwise).
+        r = depthwise_conv(h, kernel, (1, 1), pads, precision=precision)
     else:
         r = jax.lax.conv_general_dilated(
             h,
             kernel,
             window_strides=(1, 1),
-            padding=[((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)],
+            padding=pads,
             dimension_numbers=_DIMENSION_NUMBERS,
-            feature_group_count=g if depthwise else 1,
             precision=precision,
         )
     if bias is not None:
@@ -210,15 +327,60 @@ def _hidden_path(a: Array, time_axis: int, kernel: Array, bias: Array | None, al
         for a_t in a_steps[1:]:
             hs.append(step(hs[-1], a_t))
         return jnp.stack(hs, axis=3)
-    first, rest = jax.lax.split(a, [1, steps - 1], axis=time_axis)
-    first = jnp.squeeze(first, time_axis)
 
     def body(h, a_t):
         h = step(h, a_t)
         return h, h
 
-    _, hs = jax.lax.scan(body, first, jnp.moveaxis(rest, time_axis, 0), unroll=unroll)  # (T-1, N, H', W', g)
+    first, rest = _scan_inputs(a, time_axis)
+    _, hs = jax.lax.scan(body, first, rest, unroll=unroll)
+    return _scan_outputs(first, hs)
+
+
+def _scan_inputs(a: Array, time_axis: int) -> tuple[Array, Array]:
+    """A rolled loop's carry ``h_1 = a_1`` and its inputs ``a_2 .. a_T`` stacked on axis 0."""
+    first, rest = jax.lax.split(a, [1, a.shape[time_axis] - 1], axis=time_axis)
+    return jnp.squeeze(first, time_axis), jnp.moveaxis(rest, time_axis, 0)
+
+
+def _scan_outputs(first: Array, hs: Array) -> Array:
+    """``h_1`` and a loop's stacked ``(T-1, N, H', W', g)`` outputs as ``(N, H', W', T, g)``."""
     return jnp.concatenate([first[None], hs], axis=0).transpose(1, 2, 3, 0, 4)
+
+
+def _forward(x: Array, kernel: Array, bias: Array | None, spec: _Spec, *, depthwise: bool, precision: Any,
+             dtype: Dtype | None, hidden: Callable[[Array, int], Array]) -> Array:
+    """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis)``
+    runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and is the
+    only part the linen and NNX layers supply differently (where the hidden parameters live)."""
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
+    n, _, _, c_in = x.shape
+    # Channel wrap-around: extend with copies of the input from its first channel on.
+    total_in = spec.steps * spec.g_in
+    if total_in > c_in:
+        reps = -(-total_in // c_in)
+        x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
+
+    # Input path for all steps at once: a holds a_1..a_T along `time_axis`.
+    a, time_axis = _input_path(x, kernel, spec, depthwise=depthwise, precision=precision)
+    if bias is not None:
+        a = a + bias
+    if spec.steps == 1:
+        return jnp.squeeze(a, time_axis)[..., : spec.features]
+
+    h = hidden(a, time_axis)
+    _, h_out, w_out, _, _ = h.shape
+    # (N, H', W', T, g_out) in row-major order IS concat(h_1, ..., h_T) over channels.
+    y = h.reshape(n, h_out, w_out, spec.steps * spec.g_out)
+    return y[..., : spec.features]
+
+
+def _check_input(x: Array) -> None:
+    if x.ndim != 4:
+        raise ValueError(
+            f"CSRConv expects NHWC input of rank 4 (batch, height, width, channels), got shape "
+            f"{x.shape}; add a batch axis with x[None] for a single image."
+        )
 
 
 class CSRConv(nn.Module):
@@ -250,9 +412,10 @@ class CSRConv(nn.Module):
       kernel_init: initializer of both kernels (default: PyTorch's conv default, as the reference).
       bias_init: initializer of both biases; None means the reference's U(+-1/sqrt(fan_in)).
       unroll: how the T - 1 hidden steps are run. ``None`` (default): fully unrolled for
-        ``steps <= FULL_UNROLL_MAX_STEPS`` (8), a rolled ``lax.scan`` beyond. An int n >= 1: a
-        ``lax.scan`` with unroll factor n, so ``unroll=1`` is a rolled loop (one step per
-        iteration) and ``n >= steps - 1`` unrolls it fully. The default is not 1 because the
+        ``steps <= FULL_UNROLL_MAX_STEPS`` (8), a rolled ``nn.scan`` over the hidden cell beyond.
+        An int n >= 1: an ``nn.scan`` with unroll factor n, so ``unroll=1`` is a rolled loop (one
+        step per iteration) and ``n >= steps - 1`` unrolls it fully (straight-line code). All
+        forms share one parameter tree (``hidden/...``). The default is not 1 because the
         rolled loop trains measurably slower (``benchmarks/RESULTS.md``): every iteration
         slices its input and writes its output with dynamic indices, in both passes, and XLA
         cannot fuse across iterations. Every value computes the same function.
@@ -272,148 +435,73 @@ class CSRConv(nn.Module):
     bias_init: Initializer | None = None
     unroll: int | None = None
 
-    def _validate(self, x: Array) -> tuple[tuple[int, int], tuple[int, int], Any]:
-        if x.ndim != 4:
-            raise ValueError(
-                f"CSRConv expects NHWC input of rank 4 (batch, height, width, channels), got shape "
-                f"{x.shape}; add a batch axis with x[None] for a single image."
-            )
-        c_in = x.shape[-1]
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"CSRConv: steps must be an int >= 1, got {self.steps!r}.")
-        if not isinstance(self.features, int) or self.features < 1:
-            raise ValueError(f"CSRConv: features must be an int >= 1, got {self.features!r}.")
-        if self.steps > c_in:
-            raise ValueError(
-                f"CSRConv: steps={self.steps} exceeds the input channels ({c_in}); every step needs "
-                f"at least one channel, so use steps <= {c_in}."
-            )
-        if self.steps > self.features:
-            raise ValueError(
-                f"CSRConv: steps={self.steps} exceeds features ({self.features}); every step needs at "
-                f"least one output channel, so use steps <= {self.features}."
-            )
-        if self.depthwise and c_in != self.features:
-            raise ValueError(
-                f"CSRConv: depthwise=True needs as many input as output channels, got {c_in} in and "
-                f"{self.features} out; use depthwise=False or features={c_in}."
-            )
-        kernel_size = _pair(self.kernel_size, "kernel_size")
-        strides = _pair(self.strides, "strides")
-        if self.steps > 1 and any(k % 2 == 0 for k in kernel_size):
-            raise ValueError(
-                f"CSRConv: kernel_size {kernel_size} has an even side; the hidden convolution "
-                "(stride 1, (k-1)//2 padding) only preserves the spatial size for odd kernels."
-            )
-        if self.unroll is not None and (isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 1):
-            raise ValueError(
-                f"CSRConv: unroll must be None (fully unroll up to {FULL_UNROLL_MAX_STEPS} steps) or an "
-                f"int >= 1 (scan unroll factor), got {self.unroll!r}."
-            )
-        return kernel_size, strides, _canonical_padding(self.padding)
-
-    def _fully_unrolled(self) -> bool:
-        """Whether the hidden steps run as straight-line code rather than a scan loop."""
-        if self.unroll is None:
-            return self.steps <= FULL_UNROLL_MAX_STEPS
-        return self.unroll >= self.steps - 1
-
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """Applies the layer to NHWC ``x``; returns ``(N, H', W', features)``."""
-        (kh, kw), strides, padding = self._validate(x)
-        n, _, _, c_in = x.shape
-        steps = self.steps
-        g_in, g_out = csr_group_sizes(c_in, self.features, steps)
-        if self.depthwise:
-            g_in = g_out  # c_in == features, so ceil(c_in/T) == ceil(features/T)
-
-        kernel = self.param(
-            "input_kernel",
-            self.kernel_init,
-            (kh, kw, 1 if self.depthwise else g_in, g_out),
-            self.param_dtype,
-        )
+        _check_input(x)
+        spec = _resolve(x.shape[-1], self.features, self.kernel_size, self.steps, self.strides, self.padding,
+                        self.depthwise, self.unroll)
+        u_shape, _ = _kernel_shapes(spec, self.depthwise)
+        kernel = self.param("input_kernel", self.kernel_init, u_shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            fan_in = kh * kw * (1 if self.depthwise else g_in)
-            bias = self.param("input_bias", self.bias_init or reference_bias_init(fan_in), (g_out,), self.param_dtype)
-        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+            bias = self.param("input_bias", self.bias_init or reference_bias_init(_fan_in(u_shape)), (spec.g_out,),
+                              self.param_dtype)
 
-        # Channel wrap-around: extend with copies of the input from its first channel on.
-        total_in = steps * g_in
-        if total_in > c_in:
-            reps = -(-total_in // c_in)
-            x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
-
-        # Input path for all steps at once: a holds a_1..a_T along `time_axis`.
-        a, time_axis = self._input_path(x, kernel, (kh, kw), strides, padding, g_in, g_out)
-        if bias is not None:
-            a = a + bias
-
-        if steps == 1:
-            return jnp.squeeze(a, time_axis)[..., : self.features]
-
-        v_kernel, v_bias, alpha, beta = _HiddenParams(
-            features=g_out,
-            kernel_size=(kh, kw),
-            use_bias=self.use_bias,
-            depthwise=self.depthwise,
-            param_dtype=self.param_dtype,
-            kernel_init=self.kernel_init,
-            bias_init=self.bias_init,
-            name="hidden",
-        )()
-        v_kernel, v_bias, alpha, beta = promote_dtype(v_kernel, v_bias, alpha, beta, dtype=a.dtype)
-        unroll = None if self._fully_unrolled() else self.unroll or 1
-        h = _hidden_path(a, time_axis, v_kernel, v_bias, alpha, beta, depthwise=self.depthwise,
-                         precision=self.precision, unroll=unroll)
-        _, h_out, w_out, _, _ = h.shape
-        # (N, H', W', T, g_out) in row-major order IS concat(h_1, ..., h_T) over channels.
-        y = h.reshape(n, h_out, w_out, steps * g_out)
-        return y[..., : self.features]
-
-    def _input_path(self, x, kernel, kernel_size, strides, padding, g_in, g_out) -> tuple[Array, int]:
-        """``U * x_t`` for every step as one op; returns ``(a, time_axis)``.
-
-        ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
-        depthwise kernels, ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
-        """
-        n, _, _, _ = x.shape
-        steps = self.steps
-        kh, kw = kernel_size
-        if (kh, kw) == (1, 1) and not self.depthwise and _is_zero_padding(padding):
-            # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it
-            # much faster as a dot than as a conv; the chunks stay in place, no transpose.
-            if strides != (1, 1):
-                x = x[:, :: strides[0], :: strides[1], :]
-            _, height, width, _ = x.shape
-            a = _matmul(x.reshape(n, height, width, steps, g_in), kernel[0, 0], self.precision)
-            return a, 3
-        if self.depthwise:
-            # Every chunk uses the same per-channel filters: tile the kernel over the T chunks and
-            # run one depthwise conv over all (wrapped) channels, in their own order.
-            tiled = jnp.tile(kernel, (1, 1, 1, steps))
-            y = jax.lax.conv_general_dilated(
-                x,
-                tiled,
-                window_strides=strides,
-                padding=padding,
-                dimension_numbers=_DIMENSION_NUMBERS,
-                feature_group_count=steps * g_in,
-                precision=self.precision,
+        def hidden(a: Array, time_axis: int) -> Array:
+            cell = functools.partial(
+                _HiddenCell, spec=spec, use_bias=self.use_bias, depthwise=self.depthwise, dtype=a.dtype,
+                param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
+                bias_init=self.bias_init, name="hidden",
             )
-            _, h_out, w_out, _ = y.shape
-            return y.reshape(n, h_out, w_out, steps, g_out), 3
-        # General k x k: fold the steps into the batch (time-major) and convolve once.
+            if spec.scan_unroll is None:
+                return _hidden_path(a, time_axis, *cell().weights(), depthwise=self.depthwise,
+                                    precision=self.precision, unroll=None)
+            # The rolled form: the cell in nn.scan, its parameters broadcast to every step.
+            scan = nn.scan(_HiddenCell, variable_broadcast="params", split_rngs={"params": False},
+                           unroll=spec.scan_unroll)
+            first, rest = _scan_inputs(a, time_axis)
+            _, hs = scan(**cell.keywords)(first, rest)
+            return _scan_outputs(first, hs)
+
+        return _forward(x, kernel, bias, spec, depthwise=self.depthwise, precision=self.precision,
+                        dtype=self.dtype, hidden=hidden)
+
+
+def _input_path(x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any) -> tuple[Array, int]:
+    """``U * x_t`` for every step as one op on the wrapped input; returns ``(a, time_axis)``.
+
+    ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
+    depthwise kernels, ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
+    """
+    n, _, _, _ = x.shape
+    steps, strides, padding, g_in, g_out = spec.steps, spec.strides, spec.padding, spec.g_in, spec.g_out
+    kh, kw = spec.kernel_size
+    if (kh, kw) == (1, 1) and not depthwise and _is_zero_padding(padding):
+        # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it
+        # much faster as a dot than as a conv; the chunks stay in place, no transpose.
+        if strides != (1, 1):
+            x = x[:, :: strides[0], :: strides[1], :]
         _, height, width, _ = x.shape
-        xt = jnp.transpose(x.reshape(n, height, width, steps, g_in), (3, 0, 1, 2, 4))
-        y = jax.lax.conv_general_dilated(
-            xt.reshape(steps * n, height, width, g_in),
-            kernel,
-            window_strides=strides,
-            padding=padding,
-            dimension_numbers=_DIMENSION_NUMBERS,
-            precision=self.precision,
-        )
-        return y.reshape(steps, n, *y.shape[1:]), 0
+        a = _matmul(x.reshape(n, height, width, steps, g_in), kernel[0, 0], precision)
+        return a, 3
+    if depthwise:
+        # Every chunk uses the same per-channel filters: tile the kernel over the T chunks and
+        # run one depthwise conv over all (wrapped) channels, in their own order (shifted taps
+        # on CPU, the XLA conv on GPU/TPU: csr_jax.depthwise).
+        tiled = jnp.tile(kernel, (1, 1, 1, steps))
+        y = depthwise_conv(x, tiled, strides, padding, precision=precision)
+        _, h_out, w_out, _ = y.shape
+        return y.reshape(n, h_out, w_out, steps, g_out), 3
+    # General k x k: fold the steps into the batch (time-major) and convolve once.
+    _, height, width, _ = x.shape
+    xt = jnp.transpose(x.reshape(n, height, width, steps, g_in), (3, 0, 1, 2, 4))
+    y = jax.lax.conv_general_dilated(
+        xt.reshape(steps * n, height, width, g_in),
+        kernel,
+        window_strides=strides,
+        padding=padding,
+        dimension_numbers=_DIMENSION_NUMBERS,
+        precision=precision,
+    )
+    return y.reshape(steps, n, *y.shape[1:]), 0

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import linen as nn
 
+from csr_jax.conv_sites import abstract_init, site_of
 from csr_jax.csr_conv import CSRConv, _pair, csr_group_sizes
 
 __all__ = [
@@ -138,30 +139,23 @@ class LayerInfo:
 
 
 def _layer_info(module: nn.Module, x: Any, y: Any) -> LayerInfo | None:
-    path = "/".join(str(p) for p in module.path) or type(module).__name__
-    if isinstance(module, CSRConv):
-        c_in, c_out = x.shape[-1], y.shape[-1]
-        ks, st = _pair(module.kernel_size, "kernel_size"), _pair(module.strides, "strides")
-        out_hw = (y.shape[1], y.shape[2])
-        return LayerInfo(
-            path, "csr_conv", c_in, c_out, ks, st, module.steps, c_in if module.depthwise else 1, module.depthwise,
-            out_hw,
-            csr_conv_params(c_in, c_out, ks, module.steps, use_bias=module.use_bias, depthwise=module.depthwise),
-            csr_conv_macs(c_in, c_out, ks, module.steps, out_hw, depthwise=module.depthwise),
-        )
-    if isinstance(module, nn.Conv):
-        if x.ndim != 4:
+    if isinstance(module, (CSRConv, nn.Conv)):
+        site = site_of(module, x.shape, y.shape)
+        path = site.path or type(module).__name__
+        if len(site.kernel_size) != 2 or x.ndim != 4:
             raise ValueError(f"layer_report counts 2-D convs only; {path} has input rank {x.ndim}.")
-        c_in, c_out, groups = x.shape[-1], y.shape[-1], module.feature_group_count
-        ks = _pair(tuple(module.kernel_size), "kernel_size")
-        st = _pair(module.strides if module.strides is not None else 1, "strides")
-        out_hw = (y.shape[1], y.shape[2])
-        return LayerInfo(
-            path, "conv", c_in, c_out, ks, st, 1, groups, groups == c_in and groups > 1, out_hw,
-            conv_params(c_in, c_out, ks, use_bias=module.use_bias, groups=groups),
-            conv_macs(c_in, c_out, ks, out_hw, groups=groups),
-        )
+        c_in, c_out, ks, out_hw = site.in_channels, site.out_channels, site.kernel_size, site.out_hw
+        if isinstance(module, CSRConv):
+            params = csr_conv_params(c_in, c_out, ks, module.steps, use_bias=site.use_bias, depthwise=site.depthwise)
+            macs = csr_conv_macs(c_in, c_out, ks, module.steps, out_hw, depthwise=site.depthwise)
+            return LayerInfo(path, "csr_conv", c_in, c_out, ks, site.strides, module.steps, site.groups,
+                             site.depthwise, out_hw, params, macs)
+        params = conv_params(c_in, c_out, ks, use_bias=site.use_bias, groups=site.groups)
+        macs = conv_macs(c_in, c_out, ks, out_hw, groups=site.groups)
+        return LayerInfo(path, "conv", c_in, c_out, ks, site.strides, 1, site.groups, site.depthwise, out_hw,
+                         params, macs)
     if isinstance(module, nn.Dense):
+        path = "/".join(str(p) for p in module.path) or type(module).__name__
         c_in, c_out = x.shape[-1], y.shape[-1]
         positions = int(np.prod(y.shape[1:-1])) if y.ndim > 2 else 1
         return LayerInfo(
@@ -175,9 +169,11 @@ def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
     """Per-layer parameters and MACs of every ``nn.Conv``, ``CSRConv`` and ``nn.Dense`` of a model.
 
     The model is initialised abstractly under ``jax.eval_shape`` (nothing is compiled or
-    computed), with ``args``/``kwargs`` as its call arguments (arrays or ``jax.ShapeDtypeStruct``).
-    MACs are per image, whatever the batch size. Layers are captured with ``nn.intercept_methods``, so any
-    linen model works, not only this project's. Layers called several times appear once per call.
+    computed), with ``args``/``kwargs`` as its call arguments (arrays or ``jax.ShapeDtypeStruct``;
+    other keyword arguments such as ``train=False`` stay static Python values, since models branch
+    on them). MACs are per image, whatever the batch size. Layers are captured with
+    ``nn.intercept_methods``, so any linen model works, not only this project's. Layers called
+    several times appear once per call.
     """
     records: list[LayerInfo] = []
 
@@ -193,19 +189,8 @@ def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
                 records.append(info)
         return y
 
-    # Array-like keyword arguments are traced; the rest (``train=False``, flags) stay static,
-    # since models branch on them in Python.
-    is_array = lambda v: isinstance(v, (jax.Array, np.ndarray, jax.ShapeDtypeStruct))
-    traced_kwargs = {k: v for k, v in kwargs.items() if is_array(v)}
-    static_kwargs = {k: v for k, v in kwargs.items() if not is_array(v)}
-
-    def init(*a, **kw):
-        with nn.intercept_methods(interceptor):
-            return model.init(
-                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, *a, method=method, **kw, **static_kwargs
-            )
-
-    jax.eval_shape(init, *args, **traced_kwargs)
+    with nn.intercept_methods(interceptor):
+        abstract_init(model, args, kwargs, method=method)
     return records
 
 

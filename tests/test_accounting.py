@@ -89,7 +89,8 @@ def test_count_params_ignores_batch_stats():
 
 
 def test_layer_report_counts_a_surgery_converted_conv_once():
-    from csr_jax.surgery import ConvRule, convert
+    from csr_jax.policy import Rule
+    from csr_jax.surgery import convert
 
     class Foreign(nn.Module):
         @nn.compact
@@ -98,7 +99,7 @@ def test_layer_report_counts_a_surgery_converted_conv_once():
             return nn.Conv(24, (1, 1))(x)
 
     x = jax.ShapeDtypeStruct((1, 8, 8, 8), jnp.float32)
-    converted, _ = convert(Foreign(), [ConvRule(4, kernel_sizes=1)], x)
+    converted, _ = convert(Foreign(), Rule(4, kernel_sizes=1), x)
     report = accounting.layer_report(converted, x)
     assert [r.kind for r in report] == ["conv", "csr_conv"]
     params = accounting.count_params(jax.eval_shape(converted.init, jax.random.key(0), x))

@@ -9,7 +9,8 @@ from flax import linen as nn
 from flax import nnx
 
 from csr_jax import CSRConv
-from csr_jax.surgery import ConvRule, convert
+from csr_jax.policy import Rule
+from csr_jax.surgery import convert
 
 
 def _linen_params(module: nnx.Module) -> dict:
@@ -64,7 +65,7 @@ def test_surgery_converted_model_through_nnx():
             return nn.Dense(3, name="head")(x.mean(axis=(1, 2)))
 
     x = np.random.default_rng(2).normal(size=(2, 6, 6, 4)).astype(np.float32)
-    converted, report = convert(Tiny(), ConvRule(2), x)
+    converted, report = convert(Tiny(), Rule(2), x)
     assert [r.path for r in report.converted] == ["conv"]
     model = nnx.bridge.ToNNX(converted, rngs=nnx.Rngs(0))
     nnx.bridge.lazy_init(model, x)

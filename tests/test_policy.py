@@ -13,7 +13,7 @@ from flax import linen as nn
 
 from csr_jax import models
 from csr_jax.csr_conv import CSRConv
-from csr_jax.policy import ROLES, ConvSite, CSRPolicy, PolicyError, Rule, check_coverage, decide, get_preset
+from csr_jax.policy import ROLES, ConvSite, CSRPolicy, PolicyError, Presets, Rule, TPreset, check_coverage, decide, parse_csr
 
 
 def site(role="conv3x3", block=1, path="block_1/conv1", c_in=64, c_out=64, k=3, groups=1):
@@ -35,6 +35,13 @@ def site(role="conv3x3", block=1, path="block_1/conv1", c_in=64, c_out=64, k=3, 
     (dict(steps=2, blocks=(1, 2, 3)), "range"),
     (dict(steps=2, path="block_(1"), "regular expression"),
     (dict(steps=2, min_channels=0), "min_channels"),
+    (dict(steps=2, exclude="("), "regular expression"),
+    (dict(steps=2, kernel_sizes="3x3"), "kernel_sizes"),
+    (dict(steps=2, kernel_sizes=(0,)), "kernel_sizes"),
+    (dict(steps=2, min_in_channels=0), "min_in_channels"),
+    (dict(steps=2, groups=0), "groups"),
+    (dict(steps=2, depthwise="yes"), "depthwise"),
+    (dict(steps=2, use_conv_init=1), "use_conv_init"),
 ])
 def test_bad_rules_raise(kwargs, message):
     with pytest.raises(PolicyError, match=message):
@@ -84,6 +91,35 @@ def test_path_regex_and_min_channels():
     assert rule.matches(site(path="block_3/conv2", c_in=32, c_out=64))
     assert not rule.matches(site(path="block_3/conv2_bn", c_in=32, c_out=64))
     assert not rule.matches(site(path="block_3/conv2", c_in=16, c_out=64))   # min(C_in, C_out) < 32
+
+
+def test_kernel_size_channel_group_and_exclude_selectors_say_why_they_miss():
+    conv1x1 = site(path="block_1/expand", c_in=16, c_out=96, k=1)
+    dw = site(role="depthwise", path="block_1/depthwise", c_in=96, c_out=96, k=3, groups=96)
+    assert Rule(2, kernel_sizes=1).matches(conv1x1) and not Rule(2, kernel_sizes=(3, 5)).matches(conv1x1)
+    assert Rule(2, kernel_sizes=[(1, 1)]).kernel_sizes == ((1, 1),)
+    assert "kernel 1x1 not in (3x3, 5x5)" in Rule(2, kernel_sizes=(3, 5)).mismatch(conv1x1)
+    assert "C_in=16 < min_in_channels=32" in Rule(2, min_in_channels=32).mismatch(conv1x1)
+    assert Rule(2, min_out_channels=96).matches(conv1x1)
+    assert "exclude" in Rule(2, path="block_1", exclude="expand$").mismatch(conv1x1)
+    assert Rule(2, groups=96).matches(dw) and not Rule(2, groups=96).matches(conv1x1)
+    assert Rule(2, depthwise=True).matches(dw) and not Rule(2, depthwise=True).matches(conv1x1)
+    assert "depthwise conv" in Rule(2, depthwise=False).mismatch(dw)
+    assert Rule(2).matches(dw)  # depthwise=None matches both
+    foreign = ConvSite(path="enc/Conv_0", role=None, block=None, in_channels=8, out_channels=8, kernel_size=(3, 3))
+    assert "no role" in Rule(2, roles=("conv3x3",)).mismatch(foreign)
+    decision = CSRPolicy(rules=(Rule(2, roles=("conv3x3",)), Rule(3, path="dec"))).decide(foreign)
+    assert decision.status == "unmatched" and "rule 0: the conv has no role" in decision.reason
+    assert "rule 1: path not matched" in decision.reason
+
+
+def test_rule_dict_round_trip_with_every_selector():
+    rule = Rule(3, roles=("expand",), blocks=(2, 4), path="a", exclude="b", kernel_sizes=(1, (1, 3)), min_channels=2,
+                min_in_channels=4, min_out_channels=5, groups=1, depthwise=False, only_if_smaller=True,
+                use_conv_init=True)
+    data = json.loads(json.dumps(rule.to_dict()))
+    assert data["kernel_sizes"] == [[1, 1], [1, 3]] and Rule.from_dict(data) == rule
+    assert rule.describe().startswith("Rule(steps=3, roles=['expand']")
 
 
 def test_unmatched_conv_stays_ordinary():
@@ -136,12 +172,27 @@ def test_custom_policy_round_trip_keeps_every_field():
 
 
 def test_t_presets_follow_their_number_and_t1_is_ordinary():
-    assert {r.steps for r in get_preset("resnet_cifar", "t7").rules} == {7}
-    assert {r.steps for r in get_preset("densenet", "t1").rules} == {1}
+    assert {r.steps for r in models.get_policy("resnet20", "t7").rules} == {7}
+    assert {r.steps for r in models.get_policy("densenet40", "t1").rules} == {1}
     with pytest.raises(PolicyError, match=r"'t0' must be an integer >= 1"):
-        get_preset("resnet_cifar", "t0")
+        models.get_policy("resnet56", "t0")
     with pytest.raises(PolicyError, match="valid"):
-        get_preset("resnet_cifar", "reference")  # only MobileNetV2 has the authors' preset
+        models.get_policy("resnet56", "reference")  # only MobileNetV2 has the authors' preset
+
+
+def test_t_preset_data_becomes_rules_on_the_roles_where_csr_pays():
+    t = TPreset(always=("project",), where_smaller=("expand", "head"), why="because")
+    policy = t.policy(3, "t3")
+    assert policy.rules == (Rule(3, roles=("project",), min_channels=3),
+                            Rule(3, roles=("expand", "head"), min_channels=3, only_if_smaller=True))
+    assert policy.description.startswith("because T = 3 throughout")
+    assert TPreset(always=("conv3x3",), why="w").policy(2, "t2").rules == (Rule(2, roles=("conv3x3",), min_channels=2),)
+    presets = Presets(t=t, named={"mine": CSRPolicy(rules=(Rule(2),), name="mine", description="d")})
+    assert presets.names() == ["mine", "t2", "t3", "t4", "t8"]
+    assert presets.reasons() == {"mine": "d", "t{N}": "because"}
+    assert presets.get("mine").name == "mine" and presets.get("t5").rules[0].steps == 5
+    with pytest.raises(PolicyError, match="Unknown role"):
+        TPreset(always=("bogus",), why="")
 
 
 # ------------------------------------------------------------------ against a model

@@ -13,7 +13,8 @@ from flax import linen as nn
 
 from csr_jax.accounting import count_params
 from csr_jax.csr_conv import CSRConv
-from csr_jax.surgery import ConvRule, CSRConverted, SurgeryError, convert, transfer_weights
+from csr_jax.policy import CSRPolicy, PolicyError, Rule
+from csr_jax.surgery import CSRConverted, SurgeryError, convert, transfer_weights
 
 
 class _Block(nn.Module):
@@ -86,7 +87,7 @@ def _subtree(tree, path):
 
 def test_report_lists_every_conv_with_status_and_reason(data):
     model, x, _ = data
-    converted, report = convert(model, ConvRule(2), x)
+    converted, report = convert(model, Rule(2, depthwise=False), x)
     assert isinstance(converted, CSRConverted)
     assert {r.path for r in report.records} == ALL_CONVS
     status = {r.path: r.status for r in report.records}
@@ -105,7 +106,7 @@ def test_report_lists_every_conv_with_status_and_reason(data):
 
 def test_params_before_after_match_real_variables(data):
     model, x, variables = data
-    converted, report = convert(model, [ConvRule(3, kernel_sizes=1), ConvRule(2, depthwise=True)], x)
+    converted, report = convert(model, CSRPolicy(rules=(Rule(3, kernel_sizes=1), Rule(2))), x)
     new_vars = jax.eval_shape(lambda: converted.init(jax.random.key(0), x))
     for r in report.records:
         assert r.params_before == count_params(_subtree(variables["params"], r.path)), r.path
@@ -123,7 +124,7 @@ def test_params_before_after_match_real_variables(data):
 
 def test_output_shapes_unchanged_and_unsupported_convs_stay_ordinary(data):
     model, x, variables = data
-    converted, report = convert(model, ConvRule(2), x)
+    converted, report = convert(model, Rule(2, depthwise=False), x)
     new_vars = _init(converted, _key(2), x)
     y = _apply(converted, new_vars, x)
     assert y.shape == jax.eval_shape(model.apply, variables, x).shape
@@ -144,7 +145,7 @@ def test_output_shapes_unchanged_and_unsupported_convs_stay_ordinary(data):
 
 def test_t1_conversion_with_copied_weights_reproduces_the_model(data):
     model, x, variables = data
-    converted, report = convert(model, ConvRule(1, depthwise=True), x)
+    converted, report = convert(model, Rule(1), x, t1_as_csr=True)
     assert {r.path for r in report.converted} == ALL_CONVS - {"grouped", "dilated"}
     new_vars = transfer_weights(variables, _init(converted, _key(5), x), report)
     np.testing.assert_allclose(_apply(converted, new_vars, x), _apply(model, variables, x), rtol=1e-5, atol=1e-5)
@@ -157,7 +158,7 @@ def test_t1_conversion_with_copied_weights_reproduces_the_model(data):
 
 def test_transfer_weights_keeps_t_gt_1_layers_and_rejects_foreign_variables(data):
     model, x, variables = data
-    converted, report = convert(model, [ConvRule(1, include="^stem$"), ConvRule(2, include="block")], x)
+    converted, report = convert(model, [Rule(1, path="^stem$"), Rule(2, path="block")], x, t1_as_csr=True)
     fresh = _init(converted, _key(3), x)
     moved = transfer_weights(variables, fresh, report)
     np.testing.assert_array_equal(moved["params"]["stem"]["input_kernel"], variables["params"]["stem"]["kernel"])
@@ -178,7 +179,7 @@ def test_converted_layer_is_the_csr_layer():
             return nn.Conv(10, (3, 3), strides=2, padding=((1, 0), (0, 1)), name="c")(x)
 
     x = np.random.default_rng(1).normal(size=(2, 9, 9, 7)).astype(np.float32)
-    converted, report = convert(One(), ConvRule(3), x)
+    converted, report = convert(One(), Rule(3), x)
     v = _init(converted, _key(1), x)
     layer = CSRConv(10, (3, 3), 3, strides=2, padding=((1, 0), (0, 1)), use_bias=True)
     y = _apply(converted, v, x)
@@ -188,25 +189,25 @@ def test_converted_layer_is_the_csr_layer():
 
 def test_path_regex_and_channel_filters(data):
     model, x, _ = data
-    _, report = convert(model, ConvRule(2, include=r"^block/", exclude="conv_b"), x)
+    _, report = convert(model, Rule(2, path=r"^block/", exclude="conv_b"), x)
     assert {r.path for r in report.converted} == {"block/conv_a"}
-    assert "exclude" in report["block/conv_b"].reason and "include" in report["stem"].reason
+    assert "exclude" in report["block/conv_b"].reason and "path not matched" in report["stem"].reason
 
-    _, report = convert(model, ConvRule(2, min_in_channels=8), x)
+    _, report = convert(model, Rule(2, min_in_channels=8), x)
     assert report["stem"].status == "unmatched" and "min_in_channels" in report["stem"].reason
     assert report["expand"].converted
 
-    _, report = convert(model, ConvRule(2, min_out_channels=13, kernel_sizes=(1, 3)), x)
+    _, report = convert(model, Rule(2, min_out_channels=13, kernel_sizes=(1, 3), depthwise=False), x)
     assert {r.path for r in report.converted} == {"expand"}  # the only C_out >= 13 plain conv
 
-    # A keep rule carves an exception out of a broader rule below it.
-    _, report = convert(model, [ConvRule(keep=True, include="down"), ConvRule(2)], x)
+    # A T = 1 rule carves an exception out of a broader rule below it.
+    _, report = convert(model, [Rule(1, path="down"), Rule(2)], x)
     assert report["down"].status == "kept" and report["down"].rule == 0 and report["stem"].rule == 1
 
 
 def test_only_if_smaller(data):
     model, x, _ = data
-    _, report = convert(model, ConvRule(2, only_if_smaller=True), x)
+    _, report = convert(model, Rule(2, only_if_smaller=True), x)
     # stem 3->8 3x3 with bias: conv 9*3*8 + 8 = 224 params, CSR (T=2) 226, so it stays.
     assert report["stem"].status == "not_smaller" and report["stem"].params_after == 224
     assert report["expand"].converted
@@ -227,7 +228,7 @@ def test_unsupported_layers_are_reported_and_left_alone():
             return a.sum() + b.sum() + c.sum() + d.sum() + e.sum() + f.sum() + g.sum() + h.sum()
 
     x = np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype(np.float32)
-    converted, report = convert(Odd(), ConvRule(3), x)
+    converted, report = convert(Odd(), Rule(3), x)
     expected = {
         "even": "even kernel", "circ": "padding 'CIRCULAR'", "in_dil": "input dilation",
         "tconv": "ConvTranspose", "local": "ConvLocal", "conv1d": "1-D conv", "narrow": "exceeds",
@@ -246,7 +247,7 @@ def test_jitted_gradient_step(data):
     model, x, _ = data
     # Two CSR layers (dense 1x1 with T=3, depthwise with T=2): compiling the backward pass of every
     # scanned hidden path would dominate this test's time on a shared CPU.
-    converted, _ = convert(model, [ConvRule(3, include="expand"), ConvRule(2, include="dw", depthwise=True)], x)
+    converted, _ = convert(model, [Rule(3, path="expand"), Rule(2, path="dw")], x)
     variables = _init(converted, _key(0), x)
     labels = jnp.array([1, 3])
     tx = optax.sgd(0.1)
@@ -289,7 +290,7 @@ def test_setup_style_model_and_other_methods():
             return self.dec(nn.relu(self.encode(x)))
 
     x = np.random.default_rng(3).normal(size=(1, 5, 5, 4)).astype(np.float32)
-    converted, report = convert(EncoderDecoder(), ConvRule(2), x)
+    converted, report = convert(EncoderDecoder(), Rule(2), x)
     assert {r.path for r in report.converted} == {"enc", "dec"}
     v = _init(converted, _key(0), x, method="encode")
     assert set(v["params"]) == {"enc"} and "input_kernel" in v["params"]["enc"]
@@ -300,7 +301,7 @@ def test_setup_style_model_and_other_methods():
 def test_static_call_arguments_and_nesting_in_a_larger_model(data):
     model, x, _ = data
     # train=True is a Python bool the model branches on: convert must keep it static.
-    converted, report = convert(model, ConvRule(2, include="^block/"), x, train=True)
+    converted, report = convert(model, Rule(2, path="^block/"), x, train=True)
     assert {r.path for r in report.converted} == {"block/conv_a", "block/conv_b"}
     assert converted.num_classes == 5  # fields of the model are forwarded too
 
@@ -317,38 +318,44 @@ def test_static_call_arguments_and_nesting_in_a_larger_model(data):
     assert "input_kernel" in inner["block"]["conv_a"] and "kernel" in inner["down"]
 
 
-def test_bad_rules_raise_clear_errors(data):
+def test_bad_policies_raise_clear_errors(data):
     model, x, _ = data
-    with pytest.raises(SurgeryError, match="steps"):
-        ConvRule(0)
-    with pytest.raises(SurgeryError, match="steps"):
-        ConvRule()
-    with pytest.raises(SurgeryError, match="leave steps out"):
-        ConvRule(2, keep=True)
-    with pytest.raises(SurgeryError, match="not a valid regular expression"):
-        ConvRule(2, include="block(")
-    with pytest.raises(SurgeryError, match="kernel_sizes"):
-        ConvRule(2, kernel_sizes="3x3")
-    with pytest.raises(SurgeryError, match="min_in_channels"):
-        ConvRule(2, min_in_channels=0)
-    with pytest.raises(SurgeryError, match="empty"):
+    with pytest.raises(PolicyError, match="empty|policy"):
         convert(model, [], x)
-    with pytest.raises(SurgeryError, match="not a ConvRule"):
-        convert(model, [ConvRule(2), {"steps": 2}], x)
-    with pytest.raises(SurgeryError, match="rule 1"):
-        convert(model, [ConvRule(2), ConvRule(3, include="stem")], x)  # shadowed by rule 0
-    with pytest.raises(SurgeryError, match="decide no conv"):
-        convert(model, ConvRule(2, include="no_such_layer"), x)
-    _, report = convert(model, [ConvRule(2, include="stem"), ConvRule(3, include="nothing")], x,
-                        allow_unused_rules=True)
+    with pytest.raises(PolicyError, match="not a Rule"):
+        convert(model, [Rule(2), "t2"], x)
+    with pytest.raises(PolicyError, match="rule 1"):
+        convert(model, [Rule(2), Rule(3, path="stem")], x)  # shadowed by rule 0
+    with pytest.raises(PolicyError, match="match no conv") as e:
+        convert(model, Rule(2, path="no_such_layer"), x)
+    assert "block/conv_a" in str(e.value) and "allow_unused_rules=True" in str(e.value)
+    _, report = convert(model, [Rule(2, path="stem"), Rule(3, path="nothing")], x, allow_unused_rules=True)
     assert report.unused_rules == (1,) and "UNUSED" in str(report)
+    with pytest.raises(SurgeryError, match="unbound"):
+        convert(model.bind({}), Rule(2), x)
 
 
-def test_accepts_path_only_policy_rules(data):
-    from csr_jax import policy
-
+def test_the_backbone_policy_type_drives_surgery_and_roles_say_they_need_a_backbone(data):
     model, x, _ = data
-    _, report = convert(model, policy.CSRPolicy(rules=(policy.Rule(1, path="conv_b"), policy.Rule(2, path="block"))), x)
+    policy = CSRPolicy.from_json(CSRPolicy(rules=(Rule(1, path="conv_b"), Rule(2, path="block"))).to_json())
+    _, report = convert(model, policy, x)
     assert report["block/conv_b"].status == "kept" and report["block/conv_a"].steps == 2
-    with pytest.raises(SurgeryError, match="roles"):
-        convert(model, policy.Rule(2, roles=("expand",)), x)
+    assert report.policy == policy
+    with pytest.raises(PolicyError, match="no roles or blocks"):
+        convert(model, Rule(2, roles=("expand",)), x)
+    import csr_jax.surgery
+    with pytest.raises(AttributeError, match="Rule"):
+        csr_jax.surgery.ConvRule  # noqa: B018  (the old name says what replaced it)
+
+
+def test_use_conv_init_takes_the_convs_initializers():
+    class Zeros(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(4, (1, 1), kernel_init=nn.initializers.zeros, name="c")(x)
+
+    x = np.ones((1, 3, 3, 4), np.float32)
+    plain, _ = convert(Zeros(), Rule(2), x)
+    mine, _ = convert(Zeros(), Rule(2, use_conv_init=True), x)
+    assert float(jnp.abs(_init(plain, _key(0), x)["params"]["c"]["input_kernel"]).sum()) > 0
+    assert float(jnp.abs(_init(mine, _key(0), x)["params"]["c"]["input_kernel"]).sum()) == 0

@@ -14,10 +14,21 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from csr_jax.models.layers import ConvFactory, batch_norm, classifier, global_avg_pool, kaiming_fan_in
+from csr_jax.models.registry import CIFAR, register_model
+from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
 
+PRESETS = Presets(t=TPreset(
+    always=("conv3x3", "transition"),
+    why="Every dense-layer 3x3 conv and both transition 1x1 convs become CSR: together 98% "
+    "of the weights. A dense layer maps a wide concatenation (16..436 channels) to 12 "
+    "new ones, where CSR costs about 1/T^2 of the conv; the square transitions cost 2/T^2. "
+    "Only the 3->16 stem and the classifier stay ordinary."))
 
+
+@register_model("densenet40", presets=PRESETS, input_shape=CIFAR, description="DenseNet-40, growth 12, CIFAR (1.0M)",
+                depth=40, growth_rate=12)
 class DenseNet(nn.Module):
     """Stem conv, ``num_blocks`` dense blocks of ``(depth - 4) / 3`` BN-ReLU-conv3x3 layers that each
     append ``growth_rate`` channels, transitions (BN-ReLU-conv1x1 keeping the width, 2x2 average

@@ -23,8 +23,19 @@ from csr_jax.models.layers import (
     kaiming_fan_out,
     make_divisible,
 )
+from csr_jax.models.registry import IMAGENET, register_model
+from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
+
+PRESETS = Presets(t=TPreset(
+    always=("project",),
+    where_smaller=("expand", "head", "se"),
+    why="As for MobileNetV2: the narrowing 'project' convs always become CSR; the widening "
+    "'expand' (C -> 6C) and head (320 -> 1280) convs and the squeeze-and-excitation convs "
+    "(12% of the weights) where CSR is smaller: the SE squeeze conv (C -> C/24) from "
+    "T = 2, expand and head from T = 3, the SE excite conv (C/24 -> C) from T = 5. Stem "
+    "and depthwise convs stay ordinary; the 1.28M-weight classifier bounds the reduction."))
 
 # (expand ratio, kernel, first stride, output channels, repeats) of EfficientNet-B0.
 B0_CFG: tuple[tuple[int, int, int, int, int], ...] = (
@@ -86,6 +97,8 @@ class MBConv(nn.Module):
         return y
 
 
+@register_model("efficientnet_b0", presets=PRESETS, input_shape=IMAGENET,
+                description="torchvision EfficientNet-B0 (5.3M)")
 class EfficientNet(nn.Module):
     """EfficientNet (torchvision layout): 3x3/2 stem (BN, SiLU), MBConv stages, 1x1 head conv to
     4x the last width (BN, SiLU), global average pool, dropout, dense.

@@ -17,23 +17,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from csr_jax.csr_conv import CSRConv
-from csr_jax.policy import ConvSite, CSRPolicy, decide
+from csr_jax.csr_conv import CSRConv, _pair, reference_kernel_init
+from csr_jax.policy import ConvSite, CSRPolicy, decide, record
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
+ModuleDef = Any
 
-# PyTorch's default conv/linear weight init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)).
-torch_default_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# PyTorch's default conv/linear weight init (kaiming_uniform with a=sqrt(5)): U(+-1/sqrt(fan_in)),
+# the same initializer the CSR layer uses for its kernels.
+torch_default_init: Initializer = reference_kernel_init
 # torchvision's conv init for ResNet / MobileNetV2 / EfficientNet / VGG: kaiming_normal_(fan_out, relu).
 kaiming_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # kaiming_normal_ with its defaults (fan_in, relu), used by the CIFAR ResNets of He et al.
 kaiming_fan_in: Initializer = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-
-
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +44,17 @@ class ConvFactory:
       param_dtype: parameter dtype.
       unroll: passed to ``CSRConv``; None (default) unrolls the hidden steps for T <= 8, which
         ran several times faster than a rolled scan (benchmarks/RESULTS.md).
+      conv: the ordinary conv class (``nn.Conv``'s signature).
+      csr_conv: the CSR layer class (``CSRConv``'s signature); a field, as flax's ``ModuleDef``
+        idiom, so a benchmark or an experiment can swap the implementation without patching.
     """
 
     policy: CSRPolicy | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     unroll: int | None = None
+    conv: ModuleDef = nn.Conv
+    csr_conv: ModuleDef = CSRConv
 
     def __call__(
         self,
@@ -73,10 +76,10 @@ class ConvFactory:
 
         ``padding`` None means PyTorch's symmetric ``(k - 1) // 2``, which torchvision layouts
         rely on (JAX's 'SAME' pads stride-2 convs asymmetrically). ``role`` and ``block`` are
-        what the policy selects on; ``kernel_init`` applies to ordinary convs only (``CSRConv``
-        keeps the reference's init).
+        what the policy selects on; ``kernel_init`` applies to ordinary convs (``CSRConv``
+        keeps the reference's init unless the deciding rule sets ``use_conv_init``).
         """
-        ks = _pair(kernel_size)
+        ks = _pair(kernel_size, "kernel_size")
         if padding is None:
             padding = (ks[0] - 1) // 2 if ks[0] == ks[1] else ((ks[0] - 1) // 2, (ks[1] - 1) // 2)
         c_in = int(x.shape[-1])
@@ -89,10 +92,12 @@ class ConvFactory:
             kernel_size=ks,
             groups=groups,
             use_bias=use_bias,
+            strides=_pair(strides, "strides"),
         )
-        steps = decide(self.policy, site).steps
+        decision = decide(self.policy, site)
+        steps = decision.steps
         if steps == 1:
-            layer: nn.Module = nn.Conv(
+            layer: nn.Module = self.conv(
                 features, ks, strides=strides, padding=padding, use_bias=use_bias,
                 feature_group_count=groups, dtype=self.dtype, param_dtype=self.param_dtype,
                 kernel_init=kernel_init, name=name)
@@ -101,11 +106,16 @@ class ConvFactory:
                 raise ValueError(
                     f"{site.path}: CSRConv supports ordinary (groups=1) and depthwise convs only, "
                     f"not groups={groups} with {c_in}->{features} channels; exclude this layer from the policy.")
-            layer = CSRConv(
+            inits = {}
+            if self.policy.rules[decision.rule].use_conv_init:
+                inits = dict(kernel_init=kernel_init)
+            layer = self.csr_conv(
                 features, ks, steps, strides=strides, padding=padding, use_bias=use_bias,
                 depthwise=site.depthwise, dtype=self.dtype, param_dtype=self.param_dtype,
-                unroll=self.unroll, name=name)
-        return layer(x)
+                unroll=self.unroll, name=name, **inits)
+        y = layer(x)
+        record(dataclasses.replace(site, out_hw=tuple(y.shape[1:3]), layer=type(layer).__name__), decision)
+        return y
 
 
 def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5) -> nn.BatchNorm:

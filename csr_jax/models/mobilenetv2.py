@@ -22,8 +22,38 @@ from csr_jax.models.layers import (
     make_divisible,
     torch_default_init,
 )
+from csr_jax.models.registry import CIFAR, IMAGENET, register_model
+from csr_jax.policy import CSRPolicy, Presets, Rule, TPreset
 
 Array = jax.Array
+
+T_PRESET = TPreset(
+    always=("project",),
+    where_smaller=("expand", "head"),
+    why="All 1x1 convs of the inverted residuals and the 1x1 head conv (97% of the conv "
+    "weights) become CSR where it pays: the narrowing 'project' convs (6C -> C', CSR costs "
+    "1.2/T^2 to 1.3/T^2 of the conv) always; the widening 'expand' (C -> 6C, 7/T^2) and "
+    "head (320 -> 1280, 5/T^2) convs only where CSR is smaller, i.e. from T = 3. The stem "
+    "and the depthwise convs stay ordinary, as in the authors' configuration; the dense "
+    "classifier (1.28M of 3.5M weights in the ImageNet net) bounds the reduction.")
+
+CIFAR_PRESETS = Presets(t=T_PRESET, named={"reference": CSRPolicy(
+    rules=(Rule(3, roles=("expand",)), Rule(4, roles=("project",))),
+    name="reference",
+    description=(
+        "The authors' configuration for the CIFAR-10 MobileNetV2 (their public notebook): in "
+        "each of the 17 inverted-residual blocks the 1x1 expand conv becomes CSR with T=3 and "
+        "the 1x1 project conv CSR with T=4, without bias; the stem, the depthwise 3x3 convs "
+        "and the 1x1 head stay ordinary convs."))})
+
+IMAGENET_PRESETS = Presets(t=T_PRESET, named={"reference": CSRPolicy(
+    rules=(Rule(3, roles=("expand",), blocks=(6, 17)), Rule(4, roles=("project",), blocks=(6, 17))),
+    name="reference",
+    description=(
+        "The authors' configuration for the ImageNet MobileNetV2 (torchvision layout): in "
+        "inverted-residual blocks 6..17 (1-based) the 1x1 expand conv becomes CSR with T=3 "
+        "and the 1x1 project conv CSR with T=4, without bias; blocks 1..5, the stem, the "
+        "depthwise convs and the head stay ordinary."))})
 
 # (expansion t, output channels c, repeats n, first stride s), as in the MobileNetV2 paper.
 IMAGENET_CFG: tuple[tuple[int, int, int, int], ...] = (
@@ -67,6 +97,10 @@ class InvertedResidual(nn.Module):
         return y
 
 
+@register_model("mobilenetv2_cifar", presets=CIFAR_PRESETS, input_shape=CIFAR,
+                description="the CSR reference's CIFAR MobileNetV2 (2.2M)", variant="cifar")
+@register_model("mobilenetv2", presets=IMAGENET_PRESETS, input_shape=IMAGENET,
+                description="torchvision MobileNetV2 (3.5M)", variant="imagenet")
 class MobileNetV2(nn.Module):
     """Stem 3x3 conv (BN, ReLU6), 17 inverted residuals, 1x1 head conv (BN, ReLU6), global
     average pool, dropout, dense.

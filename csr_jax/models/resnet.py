@@ -24,8 +24,25 @@ from csr_jax.models.layers import (
     kaiming_fan_out,
     torch_default_init,
 )
+from csr_jax.models.registry import CIFAR, IMAGENET, register_model
+from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
+
+CIFAR_PRESETS = Presets(t=TPreset(
+    always=("conv3x3",),
+    why="Every 3x3 conv of every basic block becomes CSR: with the parameter-free (option A) "
+    "shortcuts they hold all of the network's weights except the 3->16 stem (432), the "
+    "classifier (650) and BatchNorm. Square convs cost 2/T^2 of the ordinary conv under CSR."))
+
+IMAGENET_PRESETS = Presets(t=TPreset(
+    always=("conv3x3", "reduce"),
+    where_smaller=("expand", "downsample"),
+    why="All bottleneck convs and projection shortcuts become CSR, the 7x7 stem and the FC "
+    "layer stay. The 3x3 convs (square, 2/T^2) and the narrowing 1x1 'reduce' convs "
+    "(4C -> C, 1.25/T^2) always shrink; the widening 1x1 'expand' convs (C -> 4C, 5/T^2) "
+    "and shortcuts (2C or 4C wider, 3/T^2 to 5/T^2) only shrink for T >= 3, so they are "
+    "replaced only where CSR is smaller. The 2M-parameter FC layer bounds the reduction."))
 
 
 def option_a_shortcut(x: Array, features: int, strides: int) -> Array:
@@ -42,13 +59,18 @@ def option_a_shortcut(x: Array, features: int, strides: int) -> Array:
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convs with BN; ReLU after the first and after the residual sum."""
+    """Two 3x3 convs with BN; ReLU after the first and after the residual sum.
+
+    ``zero_init_residual`` starts the second BN's scale at 0, so the block starts as the identity
+    (Goyal et al. 2017; torchvision's flag of the same name). Off by default.
+    """
 
     features: int
     strides: int
     block: int
     conv: ConvFactory
     dtype: Any = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -56,7 +78,7 @@ class BasicBlock(nn.Module):
         y = self.conv(self, x, name="conv1", features=self.features, strides=self.strides, **common)
         y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
         y = self.conv(self, y, name="conv2", features=self.features, **common)
-        y = batch_norm(train, self.dtype, "bn2")(y)
+        y = batch_norm(train, self.dtype, "bn2", zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + option_a_shortcut(x, self.features, self.strides).astype(y.dtype))
 
 
@@ -69,6 +91,9 @@ class CifarResNet(nn.Module):
       blocks_per_stage: n (ResNet-20: 3, -32: 5, -44: 7, -56: 9, -110: 18).
       widths: channels of the stem/first stage and of the three stages.
       conv, dtype: conv factory and compute dtype.
+      zero_init_residual: start every block's last BN scale at 0 (each block starts as the
+        identity and the initial loss is close to ln(num_classes)); off by default, set by the
+        digits config (experiments/configs/digits.py) for a stable short run.
     """
 
     num_classes: int
@@ -76,6 +101,7 @@ class CifarResNet(nn.Module):
     widths: tuple[int, int, int] = (16, 32, 64)
     conv: ConvFactory = ConvFactory()
     dtype: Any = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -87,8 +113,14 @@ class CifarResNet(nn.Module):
             for i in range(self.blocks_per_stage):
                 index += 1
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlock(width, strides, index, self.conv, self.dtype, name=f"block_{index}")(x, train)
+                x = BasicBlock(width, strides, index, self.conv, self.dtype, self.zero_init_residual,
+                               name=f"block_{index}")(x, train)
         return classifier(global_avg_pool(x), self.num_classes, self.dtype, kernel_init=kaiming_fan_in)
+
+
+for _n in (3, 5, 7, 9, 18):
+    register_model(f"resnet{6 * _n + 2}", presets=CIFAR_PRESETS, input_shape=CIFAR,
+                   description=f"CIFAR ResNet-{6 * _n + 2}, option-A shortcuts", blocks_per_stage=_n)(CifarResNet)
 
 
 class Bottleneck(nn.Module):
@@ -120,6 +152,8 @@ class Bottleneck(nn.Module):
         return nn.relu(y + x.astype(y.dtype))
 
 
+@register_model("resnet50", presets=IMAGENET_PRESETS, input_shape=IMAGENET, description="torchvision ResNet-50 (25.6M)",
+                stage_sizes=(3, 4, 6, 3))
 class ImageNetResNet(nn.Module):
     """torchvision's bottleneck ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages of bottlenecks
     (stride 2 entering stages 2..4), global average pool, dense.

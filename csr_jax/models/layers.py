@@ -118,12 +118,17 @@ class ConvFactory:
         return y
 
 
-def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5,
+               zero_scale: bool = False) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
 
-    Statistics are always reduced in float32, also for bf16 compute.
+    Statistics are always reduced in float32, also for bf16 compute. ``zero_scale`` starts the
+    scale at 0 instead of 1 (for the last BN of a residual branch, so the block starts as the
+    identity).
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name)
+    scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name,
+                        scale_init=scale_init)
 
 
 def global_avg_pool(x: Array) -> Array:

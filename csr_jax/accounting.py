@@ -66,7 +66,7 @@ def csr_conv_params(
     use_bias: bool = False,
     depthwise: bool = False,
 ) -> int:
-    """Parameters of a ``CSRConv`` (SPEC.md item 7); ``steps=1`` is the ordinary conv."""
+    """Parameters of a ``CSRConv`` (docs/csr_conv.md §8); ``steps=1`` is the ordinary conv."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}.")
     if depthwise and c_in != c_out:
@@ -96,7 +96,7 @@ def csr_conv_macs(
     *,
     depthwise: bool = False,
 ) -> int:
-    """Multiply-accumulates of a ``CSRConv`` for one image (SPEC.md item 8)."""
+    """Multiply-accumulates of a ``CSRConv`` for one image (docs/csr_conv.md §9)."""
     k = _ksize(kernel_size)
     if steps == 1:
         return conv_macs(c_in, c_out, kernel_size, out_hw, groups=c_in if depthwise else 1)

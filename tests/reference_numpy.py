@@ -1,4 +1,4 @@
-"""An independent float64 NumPy implementation of CSR-Conv, written from SPEC.md step by step.
+"""An independent float64 NumPy implementation of CSR-Conv, written from docs/csr_conv.md step by step.
 
 It loops over the T steps like the authors' reference code and uses a naive direct convolution,
 so it shares nothing with the layer's batched/scanned implementation.
@@ -40,7 +40,7 @@ def same_pads(size, k, s):
 
 
 def csr_conv(x, params, *, features, kernel_size, steps, stride, padding, depthwise=False):
-    """SPEC.md 'The layer, exactly', items 1-6. params uses the layer's parameter names."""
+    """docs/csr_conv.md §1-§6. params uses the layer's parameter names."""
     x = np.asarray(x, np.float64)
     n, h, w, c_in = x.shape
     kh, kw = kernel_size

@@ -29,7 +29,7 @@ def test_param_closed_form_matches_layer(c_in, c_out, k, T, bias, depthwise):
 
 
 def test_param_formula_values_from_spec():
-    # SPEC.md item 7 written out for 96 -> 576, 1x1, T=3: g_in=32, g_out=192.
+    # docs/csr_conv.md §8 written out for 96 -> 576, 1x1, T=3: g_in=32, g_out=192.
     assert accounting.csr_conv_params(96, 576, 1, 3) == 32 * 192 + 192 * 192 + 2
     assert accounting.csr_conv_params(64, 64, 3, 4, use_bias=True) == 9 * 16 * 16 * 2 + 2 + 2 * 16
     assert accounting.csr_conv_params(32, 32, 3, 2, depthwise=True) == 2 * 9 * 16 + 2
@@ -37,7 +37,7 @@ def test_param_formula_values_from_spec():
 
 
 def test_macs_closed_form_and_the_spec_warning():
-    # 1x1 expansion C -> 6C with T=3 costs MORE MACs than the plain conv (SPEC.md item 8).
+    # 1x1 expansion C -> 6C with T=3 costs MORE MACs than the plain conv (docs/csr_conv.md §9).
     c = 96
     plain = accounting.conv_macs(c, 6 * c, 1, 32)
     csr = accounting.csr_conv_macs(c, 6 * c, 1, 3, 32)

@@ -1,4 +1,4 @@
-"""CSRConv against an independent float64 NumPy implementation of SPEC.md, plus its contract."""
+"""CSRConv against an independent float64 NumPy implementation of docs/csr_conv.md, plus its contract."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backbones and registry: SPEC.md's parameter counts, shapes and dtypes of every registered
+"""Backbones and registry: the standard parameter counts (docs/backbones.md §1), shapes and dtypes of every registered
 model (ordinary and CSR, abstractly with jax.eval_shape), CSR counts against the closed form,
 and real forward/backward passes of every family at reduced width and depth."""
 
@@ -19,8 +19,8 @@ from csr_jax.csr_conv import CSRConv
 
 KEYS = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
 
-# SPEC.md, "Standard parameter counts our ordinary (non-CSR) backbones must reproduce".
-SPEC_PARAMS = {
+# docs/backbones.md §1: the standard parameter counts our ordinary (non-CSR) backbones reproduce.
+STANDARD_PARAMS = {
     "vgg16_cifar": 14_728_266,
     "resnet56": 853_018,
     "resnet110": 1_727_962,
@@ -61,12 +61,12 @@ def test_registry_rejects_bad_arguments_clearly():
         models.create("resnet20", num_classes=10, csr=2)
 
 
-@pytest.mark.parametrize("name", sorted(SPEC_PARAMS))
+@pytest.mark.parametrize("name", sorted(STANDARD_PARAMS))
 def test_ordinary_parameter_count_matches_spec(name):
     model = models.create(name, num_classes=num_classes(name))
     x = jax.ShapeDtypeStruct((1, *models.default_input_shape(name)), jnp.float32)
     variables = jax.eval_shape(functools.partial(model.init, train=False), KEYS, x)
-    assert count_params(variables) == SPEC_PARAMS[name]
+    assert count_params(variables) == STANDARD_PARAMS[name]
     assert count_params(variables["batch_stats"]) > 0  # running statistics exist, outside 'params'
 
 
@@ -156,7 +156,7 @@ def test_built_csr_count_falls_as_T_grows():
     for t in (1, 2, 3, 4, 8):
         model = models.create("vgg16_cifar", num_classes=10, csr=f"t{t}")
         counts.append(count_params(jax.eval_shape(functools.partial(model.init, train=False), KEYS, x)))
-    assert counts[0] == SPEC_PARAMS["vgg16_cifar"]  # t1 is the ordinary network
+    assert counts[0] == STANDARD_PARAMS["vgg16_cifar"]  # t1 is the ordinary network
     assert all(a > b for a, b in zip(counts, counts[1:])), counts
 
 

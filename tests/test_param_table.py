@@ -29,7 +29,7 @@ def test_rows_cover_every_T_and_the_reference(mobilenet_rows):
     assert [r.preset for r in mobilenet_rows] == ["t1", "t2", "t3", "t4", "t8", "reference"]
     assert [r.steps for r in mobilenet_rows] == ["1", "2", "3", "4", "8", "3, 4"]
     t1 = mobilenet_rows[0]
-    assert t1.ordinary_params == t1.csr_params == 2_237_770  # SPEC.md's count for this net
+    assert t1.ordinary_params == t1.csr_params == 2_237_770  # The standard count for this net (docs/backbones.md §1)
     assert t1.csr_layers == 0 and t1.reduction == 0.0 and t1.csr_macs == t1.ordinary_macs
     counts = [r.csr_params for r in mobilenet_rows[:5]]
     assert all(a > b for a, b in zip(counts, counts[1:]))
@@ -46,7 +46,7 @@ def test_macs_match_layer_report_of_the_built_networks(mobilenet_rows):
     reference = mobilenet_rows[-1]
     assert reference.ordinary_macs == accounting.model_macs(ordinary, x, method=eval_call)
     assert reference.csr_macs == accounting.model_macs(csr, x, method=eval_call)
-    # SPEC.md: the reference CSR-MobileNetV2 does about as many MACs as the ordinary net; it saves
+    # docs/backbones.md §2: the reference CSR-MobileNetV2 does about as many MACs as the ordinary net; it saves
     # parameters, not compute.
     assert abs(reference.macs_change) < 10 and reference.reduction > 40
 

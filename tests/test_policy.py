@@ -1,5 +1,5 @@
 """CSR policies: validation, matching semantics, serialisation, presets, and the reference
-MobileNetV2 configurations checked against SPEC.md on the built networks."""
+MobileNetV2 configurations (docs/backbones.md §2) checked on the built networks."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_dict_policy_is_accepted_like_a_config_would_pass_it():
     assert model.conv.policy == CSRPolicy(rules=(Rule(2, roles=("conv3x3",)),))
 
 
-# ------------------------------------------------------------------ SPEC.md's reference configurations
+# ------------------------------------------- the authors' reference configurations (docs/backbones.md §2)
 
 def built_convs(model, input_shape):
     """(path, kind, steps, use_bias, depthwise) of every conv the built network really runs,

@@ -1,6 +1,6 @@
 """The authors' CIFAR-10 MobileNetV2 with their CSR configuration and training recipe.
 
-SPEC (the authors' notebook): SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 128, lr halved
+The authors' notebook (docs/backbones.md §3): SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 128, lr halved
 every 30 epochs, random crop 32 (4-pixel padding) + horizontal flip, ImageNet mean/std
 normalisation (the cifar10 pipeline's augmentation), cross-entropy. CSR `reference`: every
 block's 1x1 expand conv with T=3 and 1x1 project conv with T=4. The number of epochs is not

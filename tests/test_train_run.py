@@ -12,8 +12,7 @@ import pytest
 
 from csr_jax import data as data_lib
 from csr_jax.data import DatasetNotFoundError
-from csr_jax.policy import PolicyError
-from csr_jax.train import NonFiniteLossError, train_and_evaluate
+from csr_jax.train import ConfigError, NonFiniteLossError, train_and_evaluate
 
 from tests import test_train_support as support
 
@@ -73,9 +72,9 @@ def _tiny(root: Path, arg=None):
 
 
 @pytest.mark.parametrize('field,value,error,message', [
-    ('dataset', 'mnist_nope', ValueError, 'available: '),
-    ('model', 'resnet_nope', ValueError, 'valid models'),
-    ('csr', 't_nope', PolicyError, "Unknown CSR preset 't_nope'"),
+    ('dataset', 'mnist_nope', ConfigError, "Unknown config.dataset 'mnist_nope'"),
+    ('model', 'resnet_nope', ConfigError, "Unknown config.model 'resnet_nope'"),
+    ('csr', 't_nope', ConfigError, "Unknown CSR preset 't_nope'"),
 ])
 def test_unknown_names_are_refused_before_anything_is_written(root, tmp_path, field, value,
                                                               error, message):
@@ -98,9 +97,10 @@ def test_missing_dataset_names_the_prepare_command(root, tmp_path):
 def test_cli_prints_user_errors_without_a_traceback(root, tmp_path):
     proc = support.run_cli(['--config.model=resnet_nope', f'--workdir={tmp_path}/run'],
                            support.subprocess_env(root), timeout=120)
-    assert proc.returncode == 1
-    assert 'error: ' in proc.stderr and 'valid models' in proc.stderr
+    assert proc.returncode == 2
+    assert 'error: ' in proc.stderr and "Unknown config.model 'resnet_nope'" in proc.stderr
     assert 'Traceback' not in proc.stderr
+    assert not (tmp_path / 'run').exists()
 
 
 def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(root, tmp_path,
@@ -134,7 +134,7 @@ def test_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(root, tmp
     with pytest.raises(NonFiniteLossError) as e:
         train_and_evaluate(config, str(tmp_path))
     msg = str(e.value)
-    assert 'NaN/Inf at step 3' in msg
+    assert 'NaN/Inf at step 3 (learning rate' in msg
     assert '--config.learning_rate' in msg and '--config.dtype=float32' in msg
     assert 'last good checkpoint (step 2)' in msg
     arrays = support.final_arrays(tmp_path)

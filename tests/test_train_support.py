@@ -115,6 +115,16 @@ def final_arrays(workdir: Path | str) -> dict:
         ckpt.close()
 
 
+def final_arrays_at(workdir: Path | str, step: int) -> dict:
+    """The state of checkpoint `step` as NumPy arrays."""
+    from csr_jax.train import Checkpointer
+    ckpt = Checkpointer(str(workdir))
+    try:
+        return ckpt.restore_arrays(step)
+    finally:
+        ckpt.close()
+
+
 def train_losses(workdir: Path | str) -> dict[int, float]:
     """Per-step training loss from metrics.jsonl (log_every_steps=1)."""
     out = {}

@@ -1,10 +1,11 @@
 """`train_and_evaluate(config, workdir)`: the training loop.
 
 Builds everything from the config (data, model, optimizer, mesh), resumes from the workdir's
-latest checkpoint, trains with periodic logging/eval/checkpoints, and writes summary.json.
-The order of the checks is deliberate: cheap validation (dataset, model, batch size, workdir
-compatibility) happens before anything is compiled or written, so a bad command fails in seconds
-and never touches an existing run.
+newest verified checkpoint, trains with periodic logging/eval/checkpoints, and writes
+summary.json. The order is deliberate: the whole config is validated (validate.py), the dataset
+found and the model built abstractly before the workdir is touched, so a bad command fails in
+seconds and never changes an existing run; then the workdir is locked (one run per workdir) and
+only then written.
 """
 
 from __future__ import annotations
@@ -23,32 +24,54 @@ from jax.sharding import Mesh
 
 from csr_jax import data as data_lib
 from csr_jax import models as models_lib
+from csr_jax.policy import PolicyError
 from csr_jax.train import optim
-from csr_jax.train.checkpoint import Checkpointer, check_compatible
-from csr_jax.train.errors import NonFiniteLossError
+from csr_jax.train.checkpoint import IDENTITY_FIELDS, Checkpointer, check_compatible
+from csr_jax.train.errors import ConfigError, NonFiniteLossError
 from csr_jax.train.evaluation import evaluate
 from csr_jax.train.mesh import check_batch_size, global_batch, make_data_mesh, replicated_sharding
-from csr_jax.train.metrics import TrainMetrics, create_writer
+from csr_jax.train.metrics import TrainMetrics, create_writer, repair_metrics
 from csr_jax.train.preemption import PreemptionWatcher
 from csr_jax.train.run_config import compute_dtype, config_record, csr_setting, model_overrides
 from csr_jax.train.state import count_params, create_train_state
 from csr_jax.train.steps import make_eval_step, make_train_step
-from csr_jax.train.summary import environment, format_table, write_summary
+from csr_jax.train.summary import (environment, format_table, keep_training_figures, read_summary,
+                                   write_summary)
+from csr_jax.train.validate import validate_config
+from csr_jax.train.workdir import WorkdirLock, record_config, workdir_errors
 
 
 def _every(step: int, every: int | None) -> bool:
   return bool(every) and every > 0 and step % every == 0
 
 
-def _nonfinite_error(step: int, lr: float, ckpt: Checkpointer, workdir: str) -> NonFiniteLossError:
+def _nonfinite_error(bad: dict[str, float], ckpt: Checkpointer,
+                     workdir: str) -> NonFiniteLossError:
+  """The message for the first non-finite step `bad` (its metrics, see TrainMetrics)."""
+  step, lr = int(bad['step']), bad.get('learning_rate', float('nan'))
+  loss_ok = all(jnp.isfinite(bad.get(k, 0.0)) for k in ('loss', 'grad_norm'))
+  what = ('the updated state (params, BatchNorm statistics or optimizer state)'
+          if loss_ok and bad.get('nonfinite_state') else 'the loss or gradients')
   last = ckpt.latest_step()
   kept = (f'The last good checkpoint (step {last}) in {workdir} is kept; rerunning resumes '
           'from it.' if last is not None else 'No checkpoint had been saved yet.')
   return NonFiniteLossError(
-      f'Training diverged: the loss or gradients became NaN/Inf at step {step} (learning rate '
-      f'{lr:.4g}). {kept} Try a lower --config.learning_rate, a longer '
+      f'Training diverged: {what} became NaN/Inf at step {step} (learning rate {lr:.4g}); '
+      f'nothing non-finite was saved. {kept} Try a lower --config.learning_rate, a longer '
       '--config.warmup_epochs, gradient clipping (--config.grad_clip_norm=1.0) or '
       '--config.dtype=float32.')
+
+
+def _create_model(config: ml_collections.ConfigDict, info: Any, csr: Any,
+                  dtype: Any) -> tuple[nn.Module, Any]:
+  """The model and its abstract variables, from the one abstract trace before compiling (it
+  also checks the CSR policy); a policy that does not fit is reported as a config error."""
+  try:
+    model = models_lib.create(config.model, num_classes=info.num_classes, csr=csr, dtype=dtype,
+                              check=False, **model_overrides(config))
+    return model, models_lib.abstract_init(model, tuple(info.image_shape), name=config.model)
+  except PolicyError as e:
+    raise ConfigError(f'config.csr does not fit {config.model}: {e}') from e
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -59,6 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   wall_start = time.time()
   csr = csr_setting(config)
+  validate_config(config, csr)
   dtype = compute_dtype(config)
   data_dir, image_size = config.get('data_dir'), config.get('image_size')
 
@@ -72,22 +96,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   check_batch_size(eval_batch_size, mesh, 'eval_batch_size')
   steps_per_epoch = max(1, info.num_train // batch_size)
   num_steps = optim.total_steps(config, steps_per_epoch)
-  model = models_lib.create(config.model, num_classes=info.num_classes, csr=csr, dtype=dtype,
-                            **model_overrides(config))
+  model, abstract_variables = _create_model(config, info, csr, dtype)
   record = config_record(config, info)
 
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  ckpt = Checkpointer(workdir, keep=int(config.get('keep_checkpoints', 3) or 3))
-  try:
-    return _train(config, workdir, ckpt, info=info, mesh=mesh, model=model, record=record,
-                  batch_size=batch_size, eval_batch_size=eval_batch_size,
-                  steps_per_epoch=steps_per_epoch, num_steps=num_steps, wall_start=wall_start)
-  finally:
-    ckpt.close()  # Waits for asynchronous saves: never exit with a half-written checkpoint.
+  # 2. The workdir: created, locked (a second run stops here, having written nothing), used.
+  with workdir_errors(workdir):
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+    with WorkdirLock(workdir):
+      ckpt = Checkpointer(workdir, keep=int(config.keep_checkpoints))
+      try:
+        return _train(config, workdir, ckpt, info=info, mesh=mesh, model=model,
+                      abstract_variables=abstract_variables, record=record,
+                      batch_size=batch_size, eval_batch_size=eval_batch_size,
+                      steps_per_epoch=steps_per_epoch, num_steps=num_steps,
+                      wall_start=wall_start)
+      finally:
+        ckpt.close()  # Waits for asynchronous saves: never exit with a half-written checkpoint.
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, *, info: Any,
-           mesh: Mesh, model: nn.Module, record: dict[str, Any], batch_size: int,
+           mesh: Mesh, model: nn.Module, abstract_variables: Any, record: dict[str, Any],
+           batch_size: int,
            eval_batch_size: int, steps_per_epoch: int, num_steps: int,
            wall_start: float) -> dict[str, Any]:
   """Everything after validation: resume or start, train, evaluate, summarise."""
@@ -97,18 +126,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
   saved = ckpt.saved_config()
   if saved is not None:
     check_compatible(saved, record, workdir)
-  else:
-    ckpt.write_config(record)
 
   # 2. Schedule, optimizer, state.
   schedule = optim.make_schedule(config, steps_per_epoch, num_steps)
   input_shape = tuple(info.image_shape)
-  abstract_params = jax.eval_shape(
-      lambda: model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(0)},
-                         jnp.zeros((1,) + input_shape, jnp.float32), train=False))['params']
-  tx = optim.make_optimizer(config, schedule, abstract_params)
+  tx = optim.make_optimizer(config, schedule, abstract_variables['params'])
   init_rng, dropout_seed = jax.random.split(jax.random.PRNGKey(int(config.seed)))
-  state = create_train_state(model, tx, init_rng, input_shape, mesh)
+  state = create_train_state(model, tx, init_rng, input_shape, mesh, abstract_variables)
   num_params = count_params(state.params)
   # A global (replicated) array, as jit inputs must be in a multi-process job.
   dropout_rng = jax.jit(lambda: dropout_seed, out_shardings=replicated_sharding(mesh))()
@@ -116,9 +140,11 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
   train_iter = data_lib.make_train_iterator(config.dataset, global_batch_size=batch_size,
                                             seed=int(config.seed), data_dir=data_dir,
                                             image_size=image_size, mock_data=mock_data)
-  resumed_from = ckpt.latest_step()
+  # The newest checkpoint that verifies (newer damaged ones are moved aside, with a warning).
+  resumed_from, state, data_state = ckpt.restore_latest(like=state)
+  record_config(workdir, record, saved, resumed_from, IDENTITY_FIELDS)
+  repair_metrics(workdir, resumed_from)
   if resumed_from is not None:
-    state, data_state = ckpt.restore(resumed_from, like=state)
     if data_state is not None:
       train_iter.set_state(data_state)
     else:
@@ -139,9 +165,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
     writer.write_hparams({k: v for k, v in record.items() if not isinstance(v, dict)})
   watcher = PreemptionWatcher()
   pending = TrainMetrics()
-  log_every = int(config.get('log_every_steps', 50) or 0)
-  eval_every = int(config.get('eval_every_steps', 0) or 0)
-  ckpt_every = int(config.get('checkpoint_every_steps', 0) or 0)
+  # The config's own values: base_config holds the one set of defaults.
+  log_every = int(config.log_every_steps or 0)
+  eval_every = int(config.eval_every_steps or 0)
+  ckpt_every = int(config.checkpoint_every_steps or 0)
   step = int(jax.device_get(state.step))
   start_step = step
   eval_result: dict[str, float] | None = None
@@ -172,8 +199,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
       if do_eval or do_save or _every(step, log_every):
         summary, first_bad = pending.summarize()  # Syncs with the device.
         if first_bad is not None:
-          raise _nonfinite_error(first_bad, summary.get('learning_rate', float('nan')), ckpt,
-                                 workdir)
+          raise _nonfinite_error(first_bad, ckpt, workdir)
         now = time.time()
         if segment_steps:
           train_time += now - segment_start
@@ -237,6 +263,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
   if 'top5_accuracy' in eval_result:
     result['eval_top5_accuracy'] = eval_result['top5_accuracy']
   result.update(environment())
+  if result['steps_this_run'] == 0:  # A finished run, re-evaluated: keep its training figures.
+    result = keep_training_figures(result, read_summary(workdir))
   write_summary(workdir, result)
   if is_main:
     print(format_table(result), flush=True)

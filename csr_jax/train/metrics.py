@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 
 METRICS_FILE = 'metrics.jsonl'
+DISCARDED_FILE = 'metrics.discarded.jsonl'
 
 
 def _to_float(value: Any) -> float:
@@ -147,6 +148,44 @@ def create_writer(workdir: str, *, tensorboard: bool = True) -> MultiWriter:
   return MultiWriter(writers)
 
 
+_FLAGS = ('nonfinite', 'nonfinite_state')
+
+
+def repair_metrics(workdir: str, resumed_from: int | None) -> int:
+  """Makes metrics.jsonl describe exactly the run being resumed; returns the lines set aside.
+
+  A crash can tear the last line (half written), and lines logged after the checkpoint being
+  resumed from describe steps that will be trained again (after a SIGKILL, or a fallback to an
+  older checkpoint). Both are moved to metrics.discarded.jsonl (not deleted), so the file stays
+  valid JSON lines with one history, as an uninterrupted run writes it. Process 0 only.
+  """
+  path = epath.Path(workdir) / METRICS_FILE
+  if jax.process_index() != 0 or not path.exists():
+    return 0
+  text = path.read_text()
+  keep, drop = [], []
+  for line in text.splitlines():
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = int(record['step'])
+    except (ValueError, KeyError, TypeError):
+      drop.append(line)
+      continue
+    (drop if resumed_from is None or step > resumed_from else keep).append(line)
+  if not drop and (not text or text.endswith('\n')):
+    return 0
+  if drop:
+    discarded = epath.Path(workdir) / DISCARDED_FILE
+    old = discarded.read_text() if discarded.exists() else ''
+    discarded.write_text(old + ''.join(line + '\n' for line in drop))
+    logging.warning('metrics.jsonl: set aside %d line(s) (torn, or after the resumed step %s) '
+                    'in %s.', len(drop), resumed_from, discarded)
+  path.write_text(''.join(line + '\n' for line in keep))
+  return len(drop)
+
+
 class TrainMetrics:
   """Per-step device metrics, fetched to the host only when summarised.
 
@@ -166,8 +205,13 @@ class TrainMetrics:
   def __len__(self) -> int:
     return len(self._steps)
 
-  def summarize(self) -> tuple[dict[str, float], int | None]:
-    """(means over the pending steps, the first step whose loss/grads were NaN/Inf or None)."""
+  def summarize(self) -> tuple[dict[str, float], dict[str, float] | None]:
+    """(means over the pending steps, the first non-finite step's metrics or None).
+
+    A step is non-finite when its loss, its gradients or the state it produced (params, batch
+    statistics, optimizer state) has a NaN/Inf; its metrics come with `step` added, so the error
+    names that step and *its* learning rate.
+    """
     if not self._metrics:
       return {}, None
     fetched = jax.device_get(self._metrics)
@@ -176,9 +220,10 @@ class TrainMetrics:
     first_bad = None
     for step, m in zip(steps, fetched):
       if float(m['nonfinite']) > 0:
-        first_bad = step
+        first_bad = {k: float(v) for k, v in m.items()}
+        first_bad['step'] = step
         break
     means = {k: float(np.mean([float(m[k]) for m in fetched]))
-             for k in fetched[0] if k != 'nonfinite'}
+             for k in fetched[0] if k not in _FLAGS}
     means['learning_rate'] = float(fetched[-1]['learning_rate'])
     return means, first_bad

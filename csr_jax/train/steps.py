@@ -35,14 +35,23 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
   return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
+def _all_finite(tree) -> jax.Array:
+  """True iff every floating-point leaf of `tree` is free of NaN/Inf (a replicated scalar)."""
+  flags = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+           if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
+
+
 def make_train_step(mesh: Mesh, state: TrainState, *, num_classes: int,
                     learning_rate_fn: Callable[[jax.Array], jax.Array],
                     label_smoothing: float = 0.0) -> Callable[..., tuple[TrainState, Metrics]]:
   """Returns `step(state, batch, rng) -> (new_state, metrics)`, compiled once.
 
-  `metrics` are replicated scalars: `loss`, `accuracy`, `learning_rate`, `grad_norm` and
-  `nonfinite` (1.0 if the loss or the gradients are NaN/Inf), which the loop uses to stop before
-  a broken state is ever saved. Dropout draws `fold_in(rng, step)`, so a resumed run draws the
+  `metrics` are replicated scalars: `loss`, `accuracy`, `learning_rate`, `grad_norm`,
+  `nonfinite` (1.0 if the loss, the gradients or the *new* state are NaN/Inf) and
+  `nonfinite_state` (1.0 if the new params, batch statistics or optimizer state are), which the
+  loop uses to stop before a broken state is ever saved. A finite loss does not imply a finite
+  new state: a huge update can overflow the params or a BatchNorm variance. Dropout draws `fold_in(rng, step)`, so a resumed run draws the
   same masks as an uninterrupted one.
   """
   def step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array):
@@ -60,13 +69,15 @@ def make_train_step(mesh: Mesh, state: TrainState, *, num_classes: int,
     new_state = state.apply_gradients(grads=grads,
                                       batch_stats=updates.get('batch_stats', state.batch_stats))
     accuracy = jnp.mean((jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32))
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    state_finite = _all_finite((new_state.params, new_state.batch_stats, new_state.opt_state))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & state_finite
     metrics = {
         'loss': loss,
         'accuracy': accuracy,
         'learning_rate': jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         'grad_norm': grad_norm,
         'nonfinite': 1.0 - finite.astype(jnp.float32),
+        'nonfinite_state': 1.0 - state_finite.astype(jnp.float32),
     }
     return new_state, metrics
 

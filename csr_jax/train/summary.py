@@ -12,18 +12,7 @@ from typing import Any
 import jax
 from etils import epath
 
-SUMMARY_FILE = 'summary.json'
-
-_TABLE_ROWS = (
-    ('model', 'model', '{}'), ('csr', 'CSR', '{}'), ('dataset', 'dataset', '{}'),
-    ('num_params', 'params', '{:,}'), ('step', 'steps', '{:,}'),
-    ('eval_accuracy', 'eval accuracy', '{:.4f}'), ('eval_top5_accuracy', 'eval top-5', '{:.4f}'),
-    ('eval_loss', 'eval loss', '{:.4f}'), ('train_loss', 'train loss', '{:.4f}'),
-    ('images_per_sec', 'train images/s', '{:,.1f}'), ('compile_time_s', 'first step (s)', '{:.1f}'),
-    ('wall_time_s', 'wall time (s)', '{:.1f}'),
-    ('device_kind', 'device', '{}'), ('num_devices', 'devices', '{}'),
-    ('num_processes', 'processes', '{}'),
-)
+from csr_jax.report import SUMMARY_FIELDS, SUMMARY_FILE, csr_name  # One definition, JAX-free.
 
 
 def environment() -> dict[str, Any]:
@@ -37,6 +26,32 @@ def environment() -> dict[str, Any]:
   }
 
 
+def read_summary(workdir: str) -> dict[str, Any] | None:
+  """summary.json of the workdir, or None if absent or unreadable."""
+  path = epath.Path(workdir) / SUMMARY_FILE
+  try:
+    return json.loads(path.read_text()) if path.exists() else None
+  except ValueError:
+    return None
+
+
+def keep_training_figures(summary: dict[str, Any], previous: dict[str, Any] | None
+                          ) -> dict[str, Any]:
+  """`summary` with the figures a re-evaluation cannot produce taken from `previous`.
+
+  Rerunning a finished run trains no step, so it has no train loss, throughput or compile time
+  of its own; the previous summary's values stay (re-evaluation may add fields, never null
+  them).
+  """
+  if not previous:
+    return summary
+  merged = dict(summary)
+  for key, value in previous.items():
+    if merged.get(key) is None and value is not None:
+      merged[key] = value
+  return merged
+
+
 def write_summary(workdir: str, summary: dict[str, Any]) -> None:
   """Writes summary.json (process 0 only; the workdir is shared)."""
   if jax.process_index() == 0:
@@ -46,11 +61,11 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> None:
 def format_table(summary: dict[str, Any]) -> str:
   """A two-column text table of the headline numbers."""
   rows = []
-  for key, label, fmt in _TABLE_ROWS:
+  for key, (label, spec) in SUMMARY_FIELDS.items():
     value = summary.get(key)
     if value is None and key != 'csr':
       continue
-    rows.append((label, 'none' if value is None else fmt.format(value)))
+    rows.append((label, csr_name(value) if key == 'csr' else format(value, spec)))
   width = max(len(label) for label, _ in rows)
   lines = [f'{label.ljust(width)}  {value}' for label, value in rows]
   rule = '-' * max(len(line) for line in lines)

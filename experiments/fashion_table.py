@@ -360,6 +360,59 @@ def gpu_commands(rows: Sequence[Row], epochs: float = 30.0) -> list[str]:
   return lines
 
 
+PLOT_NAME = 'accuracy_vs_params.png'
+
+
+def _published_params(text: str) -> float | None:
+  """'768K' -> 768e3, '26M' -> 26e6, '' -> None."""
+  if not text:
+    return None
+  scale = {'K': 1e3, 'M': 1e6}[text[-1]]
+  return float(text[:-1]) * scale
+
+
+def plot_accuracy_vs_params(rows: Sequence[Row]):
+  """Test accuracy against parameter count (log scale): the parameter-accuracy trade-off.
+
+  One marker per run, labelled with its preset and length, so an ordinary network and its CSR
+  versions read as a curve from right (more parameters) to left. The published benchmark rows
+  with a known size are grey points, the others grey dashed lines: context from other recipes,
+  not a like-for-like comparison. Draws on a bare ``Figure`` (no pyplot state).
+  """
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=(7.5, 4.8), layout='constrained')
+  ax = fig.add_subplot()
+  models = sorted({r.summary['model'] for r in rows})
+  colours = {m: f'C{i}' for i, m in enumerate(models)}
+  for model in models:
+    mine = sorted((r for r in rows if r.summary['model'] == model),
+                  key=lambda r: r.summary['num_params'])
+    xs = [r.summary['num_params'] for r in mine]
+    ys = [r.summary['eval_accuracy'] for r in mine]
+    ax.plot(xs, ys, '-o', color=colours[model], label=model, gid=f'runs:{model}')
+    for r, x, y in zip(mine, xs, ys):
+      ax.annotate(f'{r.csr}, {r.epochs:.3g} ep', (x, y), textcoords='offset points',
+                  xytext=(6, -12), fontsize=8, color=colours[model])
+  for name, params, acc in PUBLISHED:
+    size = _published_params(params)
+    value = float(acc.split('-')[-1])
+    if size is not None:
+      ax.plot([size], [value], 's', color='0.55', gid=f'published:{name}')
+      ax.annotate(f'{name} (published)', (size, value), textcoords='offset points',
+                  xytext=(6, 4), fontsize=8, color='0.4')
+    else:
+      ax.axhline(value, color='0.7', ls='--', lw=0.8, gid=f'published:{name}')
+      ax.annotate(f'{name} (published)', (0.01, value), xycoords=('axes fraction', 'data'),
+                  textcoords='offset points', xytext=(0, 2), fontsize=7, color='0.45')
+  ax.set_xscale('log')
+  ax.set_xlabel('parameters (log scale)')
+  ax.set_ylabel('test accuracy (10,000 images)')
+  ax.set_title('Fashion-MNIST: test accuracy vs parameters')
+  ax.grid(True, which='both', alpha=0.3)
+  ax.legend(loc='lower right', fontsize=8)
+  return fig
+
+
 def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
   """The RESULTS.md text."""
   rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(output)))
@@ -386,6 +439,9 @@ def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
              machine_text(r.record.get('machine')), r.record.get('finished_utc', 'not recorded'),
              cmd]
     lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
+  lines += ['', f'![test accuracy vs parameters]({rel}/{PLOT_NAME})', '',
+            f'The plot (`{rel}/{PLOT_NAME}`) shows the rows above against their parameter '
+            'count, with the published benchmark below as grey context.']
   lines += ['', '## Target: CSR within 0.5 accuracy points of ordinary with >= 40% fewer params', '']
   lines += ['Each comparison is one run per network (the same seed, recipe and length); '
             'differences of a few tenths of a point are within seed-to-seed noise.', '']
@@ -484,6 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for row in rows:
       copy_evidence(row, args.results_dir)
     text = markdown(rows, args.results_dir, args.output)
+    os.makedirs(args.results_dir, exist_ok=True)
+    plot_accuracy_vs_params(rows).savefig(os.path.join(args.results_dir, PLOT_NAME), dpi=110)
   except (OSError, ValueError, DatasetNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

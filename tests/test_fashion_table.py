@@ -83,3 +83,26 @@ def test_runs_write_a_table_whose_rows_are_the_summaries(tmp_path):
   assert fashion_table.main(['--collect', str(results), '--output', str(again),
                              '--results_dir', str(results)]) == 0
   assert _table_rows(again.read_text()) == rows
+  assert (results / fashion_table.PLOT_NAME).stat().st_size > 1000
+  assert f'({fashion_table.PLOT_NAME})' in again.read_text().replace('evidence/', '')
+
+
+def test_plot_puts_each_run_at_its_params_and_accuracy(tmp_path):
+  def row(csr, params, acc):
+    summary = {'model': 'resnet20', 'csr': csr, 'num_params': params, 'eval_accuracy': acc,
+               'step': 2340, 'batch_size': 128, 'image_shape': [28, 28, 1]}
+    return fashion_table.Row(f'resnet20_{csr}', str(tmp_path), summary, {})
+
+  rows = [row('t2', 141_598, 0.91), row(None, 269_434, 0.93), row('t4', 37_054, 0.88)]
+  fig = fashion_table.plot_accuracy_vs_params(rows)
+  ax = fig.axes[0]
+  runs = [l for l in ax.lines if l.get_gid() == 'runs:resnet20']
+  assert len(runs) == 1
+  # Sorted by size, so the line reads as the trade-off curve.
+  assert list(runs[0].get_xdata()) == [37_054, 141_598, 269_434]
+  assert list(runs[0].get_ydata()) == [0.88, 0.91, 0.93]
+  published = {l.get_gid() for l in ax.lines if (l.get_gid() or '').startswith('published:')}
+  assert published == {f'published:{name}' for name, _, _ in fashion_table.PUBLISHED}
+  assert ax.get_xscale() == 'log'
+  fig.savefig(tmp_path / 'plot.png')
+  assert (tmp_path / 'plot.png').stat().st_size > 1000

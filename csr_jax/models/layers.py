@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from csr_jax import depthwise
 from csr_jax.csr_conv import CSRConv, _pair, reference_kernel_init
 from csr_jax.policy import ConvSite, CSRPolicy, decide, record
 
@@ -83,6 +84,9 @@ class ConvFactory:
         if padding is None:
             padding = (ks[0] - 1) // 2 if ks[0] == ks[1] else ((ks[0] - 1) // 2, (ks[1] - 1) // 2)
         c_in = int(x.shape[-1])
+        # Depthwise convs run as shifted taps on CPU, as the XLA conv on GPU/TPU (chosen at
+        # trace time, csr_jax.depthwise); the parameters are nn.Conv's either way.
+        fast = {"conv_general_dilated": depthwise.conv_general_dilated()} if 1 < groups == c_in == features else {}
         site = ConvSite(
             path="/".join((*map(str, parent.path), name)),
             role=role,
@@ -100,7 +104,7 @@ class ConvFactory:
             layer: nn.Module = self.conv(
                 features, ks, strides=strides, padding=padding, use_bias=use_bias,
                 feature_group_count=groups, dtype=self.dtype, param_dtype=self.param_dtype,
-                kernel_init=kernel_init, name=name)
+                kernel_init=kernel_init, name=name, **fast)
         else:
             if groups != 1 and not site.depthwise:
                 raise ValueError(

@@ -1,0 +1,175 @@
+"""The CPU depthwise path (shifted taps) computes the XLA depthwise conv: values, gradients, dtypes,
+and the backend choice; the networks keep their parameter tree and function."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from csr_jax import CSRConv, depthwise, models
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _xla(x, kernel, strides, padding):
+    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DN,
+                                    feature_group_count=x.shape[-1], precision=lax.Precision.HIGHEST)
+
+
+def _inputs(shape, k, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.standard_normal(shape), dtype)
+    kernel = jnp.asarray(rng.standard_normal((k, k, 1, shape[-1])), dtype)
+    return x, kernel
+
+
+PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1))]
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "sym1", "asym"])
+def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
+    x, kernel = _inputs((2, 9, 8, 5), k, jnp.float32)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(_xla(x, kernel, (stride, stride), padding).shape),
+                      jnp.float32)
+
+    def loss(f):
+        return lambda x, w: jnp.sum(f(x, w) * cot)
+
+    taps = lambda x, w: depthwise.depthwise_conv(x, w, stride, padding, impl="taps")
+    xla = lambda x, w: _xla(x, w, (stride, stride), padding)
+    np.testing.assert_allclose(taps(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
+    g_taps = jax.grad(loss(taps), argnums=(0, 1))(x, kernel)
+    g_xla = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
+    for a, b in zip(g_taps, g_xla):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["SAME", ((1, 1), (2, 2))], ids=["same", "explicit"])
+def test_taps_equal_xla_bf16(k, stride, padding):
+    x, kernel = _inputs((2, 8, 8, 6), k, jnp.bfloat16)
+    taps = lambda x, w: depthwise.depthwise_conv(x, w, (stride, stride), padding, impl="taps")
+    xla = lambda x, w: _xla(x, w, (stride, stride), padding)
+    y = taps(x, kernel)
+    assert y.dtype == jnp.bfloat16
+    # Both round a float32 accumulation once to bf16: they agree to one bf16 ulp (2^-8 relative).
+    ref64 = np.asarray(_xla(x.astype(jnp.float32), kernel.astype(jnp.float32), (stride, stride), padding))
+    scale = np.abs(ref64).max()
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref64, atol=scale * 2**-7)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(xla(x, kernel), np.float32), atol=scale * 2**-7)
+    loss = lambda f: (lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2))
+    for a, b in zip(jax.grad(loss(taps), argnums=(0, 1))(x, kernel), jax.grad(loss(xla), argnums=(0, 1))(x, kernel)):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        np.testing.assert_allclose(a, b, atol=np.abs(b).max() * 2**-5)
+
+
+def test_backend_choice_and_forcing(monkeypatch):
+    x, kernel = _inputs((1, 6, 6, 4), 3, jnp.float32)
+    assert depthwise.default_impl() == ("taps" if jax.default_backend() == "cpu" else "xla")
+    with depthwise.forced_impl("xla"):
+        assert depthwise.default_impl() == "xla"
+        with depthwise.forced_impl("taps"):
+            assert depthwise.default_impl() == "taps"
+        assert depthwise.default_impl() == "xla"
+    for backend, expected in (("cpu", "taps"), ("gpu", "xla"), ("tpu", "xla")):
+        monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+        assert depthwise.default_impl() == expected
+    monkeypatch.undo()
+
+    def ops(**kw):
+        fn = lambda x, w: depthwise.depthwise_conv(x, w, 1, "SAME", **kw)
+        return str(jax.make_jaxpr(fn)(x, kernel))
+
+    assert "conv_general_dilated" in ops(impl="xla")
+    assert "conv_general_dilated" not in ops(impl="taps")
+    with depthwise.forced_impl("xla"):
+        assert "conv_general_dilated" in ops()
+    with depthwise.forced_impl("taps"):
+        assert "conv_general_dilated" not in ops()
+    with pytest.raises(ValueError, match="one of"):
+        depthwise.depthwise_conv(x, kernel, impl="cudnn")
+    with pytest.raises(ValueError, match=r"\(kh, kw, 1, C\)"):
+        depthwise.depthwise_conv(x, kernel[..., :2])
+
+
+def test_conv_general_dilated_dropin_routes_only_depthwise():
+    x, kernel = _inputs((1, 6, 6, 4), 3, jnp.float32)
+    conv = depthwise.conv_general_dilated("taps")
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DN)
+    depthwise_jaxpr = str(jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn,
+                                                           feature_group_count=4))(x, kernel))
+    assert "conv_general_dilated" not in depthwise_jaxpr
+    dense = jnp.ones((3, 3, 4, 4))
+    dense_jaxpr = str(jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, dense))
+    assert "conv_general_dilated" in dense_jaxpr
+
+
+def _has_depthwise_conv(fn, *args) -> bool:
+    """Whether ``fn`` traces to an XLA conv with ``feature_group_count`` > 1."""
+    return any(int(n) > 1 for n in re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(fn)(*args))))
+
+
+@pytest.mark.parametrize("kernel_size,strides", [(3, 2), (5, 1)])
+def test_csr_conv_depthwise_paths_equal_xla(kernel_size, strides):
+    layer = CSRConv(6, kernel_size, 3, strides=strides, padding=kernel_size // 2, depthwise=True, use_bias=True)
+    x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 6, 6, 6)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    # Perturb alpha/beta so the recurrence mixes both terms.
+    params = jax.tree.map(lambda p: p + 0.1, params)
+
+    def run():
+        # A fresh function per path: the path is chosen when it is traced.
+        loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)
+        return _has_depthwise_conv(loss, params, x), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    with depthwise.forced_impl("taps"):
+        conv_taps, (v_taps, g_taps) = run()
+    with depthwise.forced_impl("xla"):
+        conv_xla, (v_xla, g_xla) = run()
+    assert (conv_taps, conv_xla) == (False, True)
+    np.testing.assert_allclose(v_taps, v_xla, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_taps), jax.tree.leaves(g_xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,csr", [("mobilenetv2_cifar", None), ("mobilenetv2_cifar", "reference"),
+                                      ("efficientnet_b0", None)])
+def test_models_same_params_either_path(name, csr):
+    """Param tree (names, shapes, dtypes) is the same whichever path is traced (checkpoints move
+    between CPU and accelerators); a tiny forward agrees on the two paths."""
+    model = models.create(name, num_classes=10, csr=csr)
+    x = jnp.zeros((1, 32, 32, 3), jnp.float32)
+    init = lambda: jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    with depthwise.forced_impl("taps"):
+        taps_tree = init()
+    with depthwise.forced_impl("xla"):
+        xla_tree = init()
+    assert jax.tree.structure(taps_tree) == jax.tree.structure(xla_tree)
+    assert [(a.shape, a.dtype) for a in jax.tree.leaves(taps_tree)] == [(a.shape, a.dtype) for a in jax.tree.leaves(xla_tree)]
+    assert any("depthwise" in "/".join(map(str, path)) for path, _ in jax.tree_util.tree_leaves_with_path(taps_tree))
+
+
+def test_mobilenet_forward_equal_on_both_paths():
+    model = models.create("mobilenetv2_cifar", num_classes=10, csr="reference", cfg=((6, 24, 1, 2),))
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 4, 3)), jnp.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+
+    def run():
+        fwd = lambda v, x: model.apply(v, x, train=False)
+        return _has_depthwise_conv(fwd, variables, x), jax.jit(fwd)(variables, x)
+
+    with depthwise.forced_impl("taps"):
+        conv_taps, y_taps = run()
+    with depthwise.forced_impl("xla"):
+        conv_xla, y_xla = run()
+    assert (conv_taps, conv_xla) == (False, True)
+    np.testing.assert_allclose(y_taps, y_xla, rtol=1e-4, atol=1e-5)

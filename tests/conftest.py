@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
     """The session's shared training directory, with XLA's persistent compile cache enabled."""
-    from tests import test_train_support as support
+    from tests import train_support as support
 
     root = support.session_root(tmp_path_factory)
     support.enable_compile_cache(root)
@@ -20,6 +20,6 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(root) -> Path:
     """The uninterrupted single-device run that parallel and resumed runs must reproduce."""
-    from tests import test_train_support as support
+    from tests import train_support as support
 
     return support.reference_run(root)

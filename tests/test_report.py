@@ -20,7 +20,7 @@ import pytest
 from csr_jax import report
 from experiments import report as report_cli
 from experiments.configs import digits
-from tests import test_train_support as support
+from tests import train_support as support
 
 NUM_STEPS = 4
 

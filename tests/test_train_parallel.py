@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests import test_train_support as support
+from tests import train_support as support
 
 RTOL, ATOL = 2e-4, 2e-5
 
@@ -24,7 +24,7 @@ EIGHT_DEVICE_SCRIPT = textwrap.dedent('''
     import jax
     assert jax.device_count() == 8, jax.devices()
     from csr_jax.train import ConfigError, train_and_evaluate
-    from tests.test_train_support import load_config
+    from tests.train_support import load_config
 
     config_path, workdir = Path(sys.argv[1]), sys.argv[2]
     bad = load_config(config_path)

@@ -12,7 +12,7 @@ import pytest
 
 from csr_jax.train import IncompatibleWorkdirError, train_and_evaluate
 
-from tests import test_train_support as support
+from tests import train_support as support
 
 KILL_AT = 6  # SIGTERM arrives while batch 6 of 8 is being read.
 

@@ -14,7 +14,7 @@ from csr_jax import data as data_lib
 from csr_jax.data import DatasetNotFoundError
 from csr_jax.train import ConfigError, NonFiniteLossError, train_and_evaluate
 
-from tests import test_train_support as support
+from tests import train_support as support
 
 SUMMARY_FIELDS = ('eval_accuracy', 'eval_loss', 'num_params', 'step', 'images_per_sec', 'model',
                   'csr', 'dataset', 'wall_time_s', 'jax_version', 'device_kind', 'num_devices',

@@ -22,7 +22,7 @@ from csr_jax.train import (ConfigError, IncompatibleWorkdirError, check_batch_si
                            make_train_step, total_steps, weight_decay_mask)
 from csr_jax.train.run_config import compute_dtype, csr_setting
 
-from tests import test_train_support as support
+from tests import train_support as support
 
 CONFIG_DIR = support.REPO / 'experiments' / 'configs'
 RUN_CONFIGS = sorted(p.name for p in CONFIG_DIR.glob('*.py')

@@ -19,6 +19,7 @@ Used by ``python -m experiments.report`` and by ``notebooks/03_train_digits.ipyn
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -36,6 +37,8 @@ __all__ = [
     "load_run",
     "load_runs",
     "plot_curves",
+    "run_colors",
+    "legend_label",
     "markdown_table",
     "write_report",
 ]
@@ -174,41 +177,88 @@ def load_runs(workdirs: Iterable[str | os.PathLike[str]]) -> list[Run]:
     ]
 
 
-def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
-    """Loss and accuracy against step for every run in one figure.
+#: The colours runs are drawn in (matplotlib's tab10 palette).
+PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
-    Train curves are solid lines (means over each logging interval), eval curves dashed with
-    markers; one colour per run. Returns the figure (shown inline in a notebook; ``savefig`` it
-    elsewhere).
+
+def run_name(run: Run) -> str:
+    """The name a run is known by across reports: its workdir's last component."""
+    return os.path.basename(os.path.normpath(run.workdir))
+
+
+def run_colors(runs: Sequence[Run]) -> list[str]:
+    """One colour per run, chosen by a hash of :func:`run_name`: the same run keeps its colour in
+    every report, whatever else is plotted with it and in which order. Two runs whose hashes
+    collide in one report get distinct colours (the later one takes the next free colour)."""
+    taken: set[int] = set()
+    colors = []
+    for run in runs:
+        digest = hashlib.sha256(run_name(run).encode("utf-8")).digest()
+        index = int.from_bytes(digest[:4], "big") % len(PALETTE)
+        if len(taken) < len(PALETTE):
+            while index in taken:
+                index = (index + 1) % len(PALETTE)
+        taken.add(index)
+        colors.append(PALETTE[index])
+    return colors
+
+
+def legend_label(run: Run) -> str:
+    """``'<label>, 35,974 params'``: the size is what a CSR comparison is about."""
+    params = run.summary.get("num_params")
+    return f"{run.label}, {params:,} params" if isinstance(params, int) else run.label
+
+
+def _error_floor(runs: Sequence[Run]) -> float:
+    """Where an error of exactly 0 is drawn on the log axis: half an example of the largest eval set."""
+    sizes = [r.summary.get("eval_examples") for r in runs]
+    largest = max((n for n in sizes if isinstance(n, int) and n > 0), default=10_000)
+    return 0.5 / largest
+
+
+def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
+    """Loss and error (1 - accuracy) against step for every run in one figure, both on log scales.
+
+    Log scales, because the differences that matter are small at the end of training: 0.98 vs
+    0.99 accuracy is invisible on a 0-1 axis but is twice the error. Train curves are solid lines
+    (means over each logging interval), eval curves dashed with markers; each run has one colour
+    (:func:`run_colors`, stable across reports) and its parameter count in the legend. An error
+    of 0 is drawn at half an example. Returns the figure (shown inline in a notebook;
+    ``savefig`` it elsewhere).
     """
     if not runs:
         raise ValueError("plot_curves needs at least one run.")
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    colors = [f"C{i % 10}" for i in range(len(runs))]
-    for run, color in zip(runs, colors):
-        for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            steps, values = run.series(f"train/{name}")
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ax_loss, ax_err = fig.subplots(1, 2)
+    floor = _error_floor(runs)
+    handles = []
+    for run, color in zip(runs, run_colors(runs)):
+        for split, style in (("train", dict(lw=1.4)), ("eval", dict(lw=1.4, ls="--", marker="o", ms=4))):
+            steps, losses = run.series(f"{split}/loss")
             if steps:
-                ax.plot(steps, values, color=color, lw=1.4, label=f"{run.label}, train")
-            steps, values = run.series(f"eval/{name}")
+                ax_loss.plot(steps, losses, color=color, **style)
+            steps, accuracy = run.series(f"{split}/accuracy")
             if steps:
-                ax.plot(steps, values, color=color, lw=1.4, ls="--", marker="o", ms=4, label=f"{run.label}, eval")
-    # Log scale: the early loss (and a spiking first eval) would otherwise flatten the rest.
+                ax_err.plot(steps, [max(1.0 - a, floor) for a in accuracy], color=color, **style)
+        handles.append(Line2D([], [], color=color, lw=2.5, label=legend_label(run)))
+    handles.append(Line2D([], [], color="0.4", lw=1.4, label="train (mean per log interval)"))
+    handles.append(Line2D([], [], color="0.4", lw=1.4, ls="--", marker="o", ms=4, label="eval"))
     ax_loss.set(xlabel="step", ylabel="cross-entropy loss (log scale)", title="loss", yscale="log")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0.0, 1.0))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
+    ax_err.set(xlabel="step", ylabel="error = 1 - accuracy (log scale)", title="error", yscale="log")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3 rather than 3x10^0 on the log axes.
+    for ax in (ax_loss, ax_err):
+        ax.grid(alpha=0.3, which="both")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3 rather than 3x10^0 on the log axis.
-    ax_loss.yaxis.set_major_formatter(plain)
-    low, high = ax_loss.get_ylim()
-    # Within one decade only minor ticks carry values; over several they would crowd the axis.
-    ax_loss.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
-    ax_acc.legend(fontsize=8, loc="lower right")
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        # Within one decade only minor ticks carry values; over several they would crowd the axis.
+        ax.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
+    ax_err.legend(handles=handles, fontsize=8, loc="upper right")
     datasets = sorted({str(r.summary.get("dataset", "?")) for r in runs})
     fig.suptitle(title or f"training curves ({', '.join(datasets)})")
     return fig

@@ -41,6 +41,15 @@ from csr_jax.train.validate import validate_config
 from csr_jax.train.workdir import WorkdirLock, record_config, workdir_errors
 
 
+def _eval_coverage(eval_result: dict[str, float], num_eval: int) -> str:
+  """'(360 examples)', or '(16 of 10,000 examples, capped by eval_max_batches)' for a smoke run,
+  so a smoke run's accuracy is not read as the model's."""
+  n = int(eval_result['num_examples'])
+  if n < num_eval:
+    return f'({n:,} of {num_eval:,} examples, capped by eval_max_batches)'
+  return f'({n:,} examples)'
+
+
 def _every(step: int, every: int | None) -> bool:
   return bool(every) and every > 0 and step % every == 0
 
@@ -213,7 +222,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer, 
           writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_result.items()})
           if is_main:
             bar.write(f"step {step}: eval accuracy {eval_result['accuracy']:.4f}, "
-                      f"loss {eval_result['loss']:.4f}")
+                      f"loss {eval_result['loss']:.4f} {_eval_coverage(eval_result, info.num_eval)}")
         if do_save:
           ckpt.save(step, state, train_iter.get_state(), record)
         segment_start, segment_steps = time.time(), 0

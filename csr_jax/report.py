@@ -270,24 +270,38 @@ def _fmt(value: Any, spec: str) -> str:
     return format(value, spec)
 
 
+#: Every headline field of a run's summary.json: ``field: (label, format spec)``. The training loop
+#: prints them all when a run ends (``csr_jax.train.summary.format_table``); the Markdown table of
+#: runs shows :data:`TABLE_COLUMNS`. Defined once, here, because this module loads no JAX.
+SUMMARY_FIELDS: dict[str, tuple[str, str]] = {
+    "model": ("model", ""),
+    "csr": ("csr", ""),
+    "dataset": ("dataset", ""),
+    "num_params": ("params", ","),
+    "step": ("steps", ","),
+    "eval_accuracy": ("eval accuracy", ".4f"),
+    "eval_top5_accuracy": ("eval top-5", ".4f"),
+    "eval_loss": ("eval loss", ".4f"),
+    "train_loss": ("train loss", ".4f"),
+    "images_per_sec": ("train images/s", ",.1f"),
+    "compile_time_s": ("first step (s)", ".1f"),
+    "wall_time_s": ("wall time (s)", ".1f"),
+    "device_kind": ("device", ""),
+    "num_devices": ("devices", ""),
+    "num_processes": ("processes", ""),
+}
+
 #: (column header, summary field, format spec) of the Markdown table.
-TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("model", "model", ""),
-    ("csr", "csr", ""),
-    ("dataset", "dataset", ""),
-    ("params", "num_params", ","),
-    ("eval accuracy", "eval_accuracy", ".4f"),
-    ("eval loss", "eval_loss", ".4f"),
-    ("steps", "step", ","),
-    ("images/s", "images_per_sec", ",.1f"),
-    ("wall time (s)", "wall_time_s", ".1f"),
-)
+TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
+    (SUMMARY_FIELDS[field][0], field, SUMMARY_FIELDS[field][1])
+    for field in ("model", "csr", "dataset", "num_params", "eval_accuracy", "eval_loss", "step",
+                  "images_per_sec", "wall_time_s"))
 
 
 def markdown_table(runs: Sequence[Run]) -> str:
     """A Markdown table with one row per run (columns :data:`TABLE_COLUMNS`).
 
-    ``images/s`` is training throughput after the first (compiling) step; ``n/a`` where a run
+    ``train images/s`` is throughput after the first (compiling) step; ``n/a`` where a run
     has no such number (a one-step run).
     """
     if not runs:

@@ -11,19 +11,24 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
+from csr_jax.policy import PolicyError, parse_csr
 from csr_jax.train.errors import ConfigError
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 
 
 def csr_setting(config: ml_collections.ConfigDict) -> str | dict[str, Any] | None:
-  """`config.csr` with the spellings of "ordinary network" ('none', '', None) mapped to None."""
+  """`config.csr` as `csr_jax.models.create` takes it: None for the ordinary network ('none',
+  '', None), a preset name, or a full policy's dict (given as JSON text or a .json file path)."""
   csr = config.get('csr')
   if hasattr(csr, 'to_dict'):  # A CSRPolicy in its dict form.
     return csr.to_dict()
   if csr is None or (isinstance(csr, str) and csr.strip().lower() in ('', 'none', 'off')):
     return None
-  return csr
+  try:
+    return parse_csr(csr)
+  except PolicyError as e:
+    raise ConfigError(f'config.csr: {e}') from e
 
 
 def compute_dtype(config: ml_collections.ConfigDict):

@@ -15,6 +15,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from csr_jax.accounting import count_params  # noqa: F401  (one parameter count, re-exported)
 from csr_jax.train.mesh import replicated_sharding
 
 
@@ -27,12 +28,15 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       input_shape: tuple[int, ...], mesh: Mesh) -> TrainState:
+                       input_shape: tuple[int, ...], mesh: Mesh,
+                       abstract_variables: Any = None) -> TrainState:
   """Initialises the model and optimizer directly into replicated device buffers.
 
   Initialisation runs under `jit` with a replicated output sharding: every process computes the
   same values from the same `rng` (no broadcast needed) and large models never materialise on
-  the host first. Params are float32 whatever the compute dtype.
+  the host first. Params are float32 whatever the compute dtype. `abstract_variables`, the
+  model's `jax.eval_shape` init when the caller has it (`csr_jax.models.abstract_init`), spares a
+  second abstract trace of the model for the output shardings.
   """
   def init(rng):
     params_rng, dropout_rng = jax.random.split(rng)
@@ -42,7 +46,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              batch_stats=variables.get('batch_stats', {}))
 
-  abstract = jax.eval_shape(init, rng)
+  if abstract_variables is None:
+    abstract = jax.eval_shape(init, rng)
+  else:  # The model was traced already (csr_jax.models.abstract_init): trace only the optimizer.
+    abstract = jax.eval_shape(
+        lambda v: TrainState.create(apply_fn=model.apply, params=v['params'], tx=tx,
+                                    batch_stats=v.get('batch_stats', {})), abstract_variables)
   shardings = jax.tree.map(lambda _: replicated_sharding(mesh), abstract)
   # Initialisation runs once and is mostly threefry random bits, one block per parameter:
   # XLA:CPU's optimising backend spends 4x longer compiling it than running it unoptimised
@@ -56,7 +65,3 @@ def abstract_train_state(state: TrainState) -> TrainState:
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
-
-def count_params(params: Any) -> int:
-  """Number of trainable scalars (the `params` collection; BatchNorm statistics excluded)."""
-  return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -28,7 +28,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mock_data = False
 
   # Model: a name from csr_jax.models.list_models(); `csr` is a preset of that model
-  # ('reference', 't2', 't4', ...) or 'none' for the ordinary network.
+  # ('reference', 't2', 't4', ...), 'none' for the ordinary network, or a full policy: its JSON
+  # text (CSRPolicy.to_json(), e.g. '{"rules": [{"steps": 2, "roles": ["conv3x3"]}]}') or the
+  # path of a .json file holding it.
   c.model = 'resnet20'
   c.csr = config_dict.placeholder(str)
   c.model_overrides = ml_collections.ConfigDict()  # Extra fields for csr_jax.models.create.

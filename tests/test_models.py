@@ -275,3 +275,29 @@ def test_forward_train_eval_and_a_gradient_step(name, csr):
     assert any(p.endswith("alpha") for p in paths) == (csr is not None)  # CSR layers exist iff asked for
     if name in CIFAR_NETS:
         assert float(out["loss1"]) < float(out["loss0"])  # one SGD step lowers the loss on this batch
+
+
+def test_the_documented_new_backbone_is_one_file_plus_its_registration(monkeypatch):
+    """docs/ARCHITECTURE.md's worked example, run as written: the file registers the model and
+    its presets, and create() builds it with a t{N} and a named preset."""
+    import re
+    import sys
+    import types
+    from pathlib import Path
+
+    from csr_jax.models import registry
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md").read_text()
+    source = re.search(r"Worked example.*?```python\n(.*?)```", doc, re.S).group(1)
+    monkeypatch.setattr(registry, "_MODELS", dict(registry._MODELS))  # the registration is undone after
+    module = types.ModuleType("tinynet_example")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(source, "ARCHITECTURE.md", "exec"), module.__dict__)
+    assert "tinynet" in models.list_models()
+    assert models.list_presets("tinynet") == ["late", "t2", "t3", "t4", "t8"]
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    for preset, csr_blocks in (("t2", {1, 2, 3}), ("late", {2, 3})):
+        model = models.create("tinynet", num_classes=10, csr=preset)
+        shapes = jax.eval_shape(functools.partial(model.init, train=False), KEYS, x)["params"]
+        assert {b for b in (1, 2, 3) if "input_kernel" in shapes[f"block_{b}"]} == csr_blocks, preset
+        assert "kernel" in shapes["stem"]

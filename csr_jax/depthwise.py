@@ -30,7 +30,7 @@ from jax import lax
 
 Array = jax.Array
 
-__all__ = ["IMPLS", "conv_general_dilated", "default_impl", "depthwise_conv", "forced_impl"]
+__all__ = ["IMPLS", "conv_general_dilated", "default_impl", "depthwise_conv", "forced_impl", "pointwise_conv"]
 
 #: ``"taps"``: sum of shifted multiplies (fast on XLA:CPU); ``"xla"``: ``lax.conv_general_dilated``
 #: with ``feature_group_count`` (cuDNN / TPU convs).
@@ -143,22 +143,45 @@ def _is_nhwc(dimension_numbers: Any) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
+def pointwise_conv(x: Array, kernel: Array, strides: int | Sequence[int] = 1, *, precision: Any = None) -> Array:
+    """A 1x1 conv without padding, ``(1, 1, C_in, C_out)`` kernel, as ONE 2-D matrix product.
+
+    XLA:CPU runs a 1x1 ``conv_general_dilated`` as a generic conv and its kernel gradient as a
+    conv over the batch; the same contraction as a dot trained 1.5-8x faster at MobileNetV2's
+    expand/project shapes (``benchmarks/RESULTS.md``). A strided 1x1 conv reads every s-th pixel.
+    """
+    sh, sw = (strides, strides) if isinstance(strides, int) else (int(strides[0]), int(strides[1]))
+    if (sh, sw) != (1, 1):
+        x = x[:, ::sh, ::sw, :]
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=precision)
+    return y.reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _no_padding(padding: Any) -> bool:
+    return isinstance(padding, str) or all(tuple(p) == (0, 0) for p in padding)
+
+
 @functools.lru_cache(maxsize=None)
 def conv_general_dilated(impl: str | None = None):
-    """A drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=...)``) that
-    sends plain 2-D NHWC depthwise convs to :func:`depthwise_conv` and everything else to XLA.
+    """A drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=...)``) that,
+    on the CPU path (``impl`` ``"taps"``), sends plain 2-D NHWC depthwise convs to
+    :func:`depthwise_conv` and unpadded 1x1 convs to :func:`pointwise_conv`; everything else,
+    and everything on the ``"xla"`` path (GPU/TPU), goes to ``lax.conv_general_dilated``.
 
-    ``nn.Conv`` keeps its parameter tree, so a conv built with it loads the same checkpoints.
-    ``impl`` as in :func:`depthwise_conv`; one function object per ``impl`` (cached).
+    A 1x1 'SAME' or 'VALID' conv never pads, at any stride. ``nn.Conv`` keeps its parameter
+    tree, so a conv built with it loads the same checkpoints. ``impl`` as in
+    :func:`depthwise_conv`; one function object per ``impl`` (cached).
     """
     def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
              feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
-        plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and feature_group_count == lhs.shape[-1] > 1
-                 and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[-1] and batch_group_count == 1
+        plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
                  and preferred_element_type is None
                  and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
         if plain and _resolve(impl) == "taps":
-            return depthwise_conv(lhs, rhs, window_strides, padding, precision=precision, impl="taps")
+            if feature_group_count == lhs.shape[-1] > 1 and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[-1]:
+                return depthwise_conv(lhs, rhs, window_strides, padding, precision=precision, impl="taps")
+            if feature_group_count == 1 and rhs.shape[:2] == (1, 1) and _no_padding(padding):
+                return pointwise_conv(lhs, rhs, window_strides, precision=precision)
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, batch_group_count, precision,
                                         preferred_element_type)

@@ -113,6 +113,30 @@ def test_conv_general_dilated_dropin_routes_only_depthwise():
     assert "conv_general_dilated" in dense_jaxpr
 
 
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 0), (0, 0))], ids=["same", "valid", "zeros"])
+def test_pointwise_dot_equals_xla_conv(stride, padding):
+    x, _ = _inputs((2, 7, 6, 5), 1, jnp.float32)
+    kernel = jnp.asarray(np.random.default_rng(4).standard_normal((1, 1, 5, 3)), jnp.float32)
+    dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DN)
+    fast = depthwise.conv_general_dilated("taps")
+    dot = lambda x, w: fast(x, w, (stride, stride), padding, dimension_numbers=dn)
+    xla = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN,
+                                                precision=lax.Precision.HIGHEST)
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(dot)(x, kernel))
+    np.testing.assert_allclose(dot(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
+    loss = lambda f: (lambda x, w: jnp.sum(f(x, w) ** 2))
+    for a, b in zip(jax.grad(loss(dot), argnums=(0, 1))(x, kernel), jax.grad(loss(xla), argnums=(0, 1))(x, kernel)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    # A padded 1x1 conv is not a plain contraction: it stays XLA's conv.
+    padded = lambda x, w: fast(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(padded)(x, kernel))
+    by_backend = depthwise.conv_general_dilated()
+    with depthwise.forced_impl("xla"):
+        assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x, w: by_backend(x, w, (1, 1), "SAME",
+                                                                                   dimension_numbers=dn))(x, kernel))
+
+
 def _has_depthwise_conv(fn, *args) -> bool:
     """Whether ``fn`` traces to an XLA conv with ``feature_group_count`` > 1."""
     return any(int(n) > 1 for n in re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(fn)(*args))))

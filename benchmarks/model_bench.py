@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,13 @@ import numpy as np
 import optax
 
 import csr_jax
-from csr_jax import accounting, models
+from csr_jax import accounting, depthwise, models
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
 LABELS = {
     "mobilenetv2_cifar": "MobileNetV2-CIFAR",
     "mobilenetv2": "MobileNetV2",
+    "efficientnet_b0": "EfficientNet-B0",
     "resnet56": "ResNet-56",
     "resnet50": "ResNet-50",
 }
@@ -115,6 +116,12 @@ PRESETS: dict[str, list[Case]] = {
         _case("mobilenetv2", "reference", 8, 64, "fp32", 1000, "mbv2"),
         _case("resnet50", "t4", 8, 64, "fp32", 1000, "resnet50"),
     ],
+    # The depthwise networks at the CPU speed target's size (32x32, batch 32, fp32).
+    "cpu-dw": [
+        _case("mobilenetv2_cifar", "reference", 32, 32, "fp32", 10, "mbv2c"),
+        _case("efficientnet_b0", "t4", 32, 32, "fp32", 1000, "effb0"),
+        _case("mobilenetv2", "reference", 32, 32, "fp32", 1000, "mbv2"),
+    ],
     # For tests: the CIFAR MobileNetV2 cut to one inverted residual (32 -> 192 -> 24; its expand
     # and project convs are CSR), batch 2, 8x8.
     "tiny": [
@@ -125,7 +132,10 @@ PRESETS: dict[str, list[Case]] = {
 #: Variants of a case. ``csr`` is the layer as shipped (``unroll=None``: hidden steps unrolled for
 #: T <= 8); ``csr-scan`` forces the rolled ``nn.scan`` (``unroll=1``); ``csr-baseline`` uses the
 #: ``CSRConv`` class of the file given by ``--baseline-layer`` (an earlier version of the layer).
-VARIANTS = ("ordinary", "csr", "csr-scan", "csr-baseline")
+#: ``ordinary-xla`` / ``csr-xla``: the same networks with every depthwise conv traced as XLA's
+#: grouped conv (``csr_jax.depthwise.forced_impl('xla')``), the path GPU/TPU take and the only
+#: one before the CPU depthwise path existed.
+VARIANTS = ("ordinary", "csr", "csr-scan", "csr-baseline", "ordinary-xla", "csr-xla")
 
 
 # ------------------------------------------------------------------------------------------
@@ -163,30 +173,21 @@ def _load_layer_class(path: str) -> type:
     return module.CSRConv
 
 
-@contextlib.contextmanager
-def _layer_class(cls: type | None) -> Iterator[None]:
-    """Makes the model factory build ``cls`` instead of ``CSRConv`` while a network is traced."""
-    if cls is None:
-        yield
-        return
-    from csr_jax.models import layers
+def make_model(case: Case, variant: str, baseline_layer: type | None = None):
+    """The ``flax.linen`` network of a case/variant, through the model registry.
 
-    saved = layers.CSRConv
-    layers.CSRConv = cls
-    try:
-        yield
-    finally:
-        layers.CSRConv = saved
-
-
-def make_model(case: Case, variant: str):
-    """The ``flax.linen`` network of a case/variant, through the model registry."""
+    ``baseline_layer`` is the CSR layer class the ``csr-baseline`` variant builds: the conv
+    factory's ``csr_conv`` field (the shipped ``CSRConv`` otherwise).
+    """
     if variant not in VARIANTS:
         raise ValueError(f"Unknown variant {variant!r}; choose from {VARIANTS}.")
     kwargs = dict(case.overrides)
-    if variant != "ordinary":
-        kwargs["unroll"] = None if variant == "csr" else 1
-    return models.create(case.model, num_classes=case.num_classes, csr=None if variant == "ordinary" else case.csr,
+    if variant == "csr-baseline" and baseline_layer is not None:
+        kwargs["csr_conv"] = baseline_layer
+    ordinary = variant in ("ordinary", "ordinary-xla")
+    if not ordinary:
+        kwargs["unroll"] = 1 if variant == "csr-scan" else None
+    return models.create(case.model, num_classes=case.num_classes, csr=None if ordinary else case.csr,
                          dtype=DTYPES[case.dtype], **kwargs)
 
 
@@ -239,13 +240,15 @@ def build(case: Case, variant: str, baseline_layer: type | None = None) -> Built
     from csr_jax.train.mesh import batch_sharding, make_data_mesh
 
     mesh = make_data_mesh(jax.devices()[:1])
-    model = make_model(case, variant)
+    model = make_model(case, variant, baseline_layer)
     shape = (case.image, case.image, 3)
     # Counted with the shipped CSRConv (the accounting recognises that class): a baseline layer
     # has the same architecture, hence the same MACs.
     macs = sum(r.macs for r in accounting.layer_report(
-        model, jax.ShapeDtypeStruct((1, *shape), jnp.float32), method=lambda m, x: m(x, train=False)))
-    with _layer_class(baseline_layer if variant == "csr-baseline" else None):
+        make_model(case, variant), jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+        method=lambda m, x: m(x, train=False)))
+    forced = depthwise.forced_impl("xla") if variant.endswith("-xla") else contextlib.nullcontext()
+    with forced:
         state = state_mod.create_train_state(model, _optimizer(), jax.random.key(0), shape, mesh)
         step = steps_mod.make_train_step(mesh, state, num_classes=case.num_classes,
                                          learning_rate_fn=lambda _: jnp.float32(0.05))
@@ -306,7 +309,8 @@ def run_case(case: Case, variants: Sequence[str], repeats: int, target_s: float 
             memory["peak_bytes_in_use"] = peak
             source = "peak_bytes_in_use"
         rows.append(dict(
-            case=case.id, title=case.title, model=case.model, csr=None if b.variant == "ordinary" else case.csr,
+            case=case.id, title=case.title, model=case.model,
+            csr=None if b.variant in ("ordinary", "ordinary-xla") else case.csr,
             variant=b.variant, batch=case.batch, image=case.image, dtype=case.dtype,
             images_per_s=round(case.batch / step_s, 2), step_ms=round(step_s * 1e3, 3),
             step_ms_repeats=[round(t * 1e3, 3) for t in times[b.variant]], steps_per_repeat=chain[b.variant],

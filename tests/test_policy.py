@@ -195,6 +195,20 @@ def test_t_preset_data_becomes_rules_on_the_roles_where_csr_pays():
         TPreset(always=("bogus",), why="")
 
 
+def test_parse_csr_reads_json_text_and_policy_files_and_leaves_preset_names(tmp_path):
+    policy = CSRPolicy(rules=(Rule(2, roles=("conv3x3",)),), name="mine")
+    assert parse_csr("t2") == "t2" and parse_csr(None) is None and parse_csr(policy) is policy
+    assert parse_csr("  " + policy.to_json()) == policy.to_dict()
+    path = tmp_path / "p.json"
+    path.write_text(policy.to_json(indent=2))
+    assert CSRPolicy.from_dict(parse_csr(str(path))) == policy
+    with pytest.raises(PolicyError, match="does not exist"):
+        parse_csr(str(tmp_path / "nope.json"))
+    with pytest.raises(PolicyError, match="object with 'rules'"):
+        path.write_text("[1, 2]")
+        parse_csr(str(path))
+
+
 # ------------------------------------------------------------------ against a model
 
 def test_unknown_preset_and_model_errors_list_the_valid_names():

@@ -2,29 +2,47 @@
 
 `train_and_evaluate(config, workdir)` is the entry point; the other names are the pieces it is
 built from, exported for notebooks, benchmarks and tests.
+
+Names load on first use (PEP 562 `__getattr__`), so `from csr_jax.train import state, steps`
+(the train step alone, as benchmarks/model_bench.py needs it) imports jax, flax and optax only,
+not the loop's orbax, grain and ml_collections.
 """
 
-from csr_jax.train.checkpoint import IDENTITY_FIELDS, Checkpointer, check_compatible
-from csr_jax.train.distributed import initialize_distributed
-from csr_jax.train.errors import (ConfigError, IncompatibleWorkdirError, NonFiniteLossError,
-                                  NoValidCheckpointError, UserError, WorkdirLockedError,
-                                  WorkdirWriteError)
-from csr_jax.train.evaluation import evaluate
-from csr_jax.train.loop import train_and_evaluate
-from csr_jax.train.mesh import (batch_sharding, check_batch_size, global_batch, make_data_mesh,
-                                replicated_sharding)
-from csr_jax.train.optim import make_optimizer, make_schedule, total_steps, weight_decay_mask
-from csr_jax.train.state import TrainState, count_params, create_train_state
-from csr_jax.train.steps import cross_entropy, make_eval_step, make_train_step
-from csr_jax.train.validate import validate_config
-from csr_jax.train.workdir import WorkdirLock
+from __future__ import annotations
 
-__all__ = [
-    'IDENTITY_FIELDS', 'Checkpointer', 'ConfigError', 'IncompatibleWorkdirError',
-    'NoValidCheckpointError', 'NonFiniteLossError', 'TrainState', 'UserError',
-    'WorkdirLock', 'WorkdirLockedError', 'WorkdirWriteError', 'batch_sharding', 'check_batch_size', 'check_compatible',
-    'count_params', 'create_train_state', 'cross_entropy', 'evaluate', 'global_batch',
-    'initialize_distributed', 'make_data_mesh', 'make_eval_step', 'make_optimizer',
-    'make_schedule', 'make_train_step', 'replicated_sharding', 'total_steps',
-    'train_and_evaluate', 'validate_config', 'weight_decay_mask',
-]
+import importlib
+from typing import Any
+
+# Public name -> the module that defines it.
+_LAZY = {
+    'IDENTITY_FIELDS': 'checkpoint', 'Checkpointer': 'checkpoint', 'check_compatible': 'checkpoint',
+    'initialize_distributed': 'distributed',
+    'ConfigError': 'errors', 'IncompatibleWorkdirError': 'errors', 'NonFiniteLossError': 'errors',
+    'NoValidCheckpointError': 'errors', 'UserError': 'errors', 'WorkdirLockedError': 'errors',
+    'WorkdirWriteError': 'errors',
+    'evaluate': 'evaluation',
+    'train_and_evaluate': 'loop',
+    'batch_sharding': 'mesh', 'check_batch_size': 'mesh', 'global_batch': 'mesh',
+    'make_data_mesh': 'mesh', 'replicated_sharding': 'mesh',
+    'make_optimizer': 'optim', 'make_schedule': 'optim', 'total_steps': 'optim',
+    'weight_decay_mask': 'optim',
+    'TrainState': 'state', 'count_params': 'state', 'create_train_state': 'state',
+    'cross_entropy': 'steps', 'make_eval_step': 'steps', 'make_train_step': 'steps',
+    'validate_config': 'validate',
+    'WorkdirLock': 'workdir',
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+  """Imports the module behind `name` on first access and caches the value."""
+  if name not in _LAZY:
+    raise AttributeError(f"module 'csr_jax.train' has no attribute {name!r}")
+  value = getattr(importlib.import_module(f'csr_jax.train.{_LAZY[name]}'), name)
+  globals()[name] = value
+  return value
+
+
+def __dir__() -> list[str]:
+  return sorted(set(globals()) | set(_LAZY))

@@ -3,8 +3,10 @@
 Why these variants: ``nn.Conv`` with the same channels is what CSR-Conv replaces; the naive
 version runs both convolutions step by step like the authors' reference code, which our batched
 input path + unrolled hidden path must beat; ``CSRConv(unroll=1)`` is the same layer with its
-hidden steps in a rolled ``nn.scan`` loop, to show what unrolling buys. The MAC ratio CSR/conv
-(from ``csr_jax.accounting``) says how much slower CSR may fairly be.
+hidden steps in a rolled ``nn.scan`` loop, to show what unrolling buys. Above
+``FULL_UNROLL_MAX_STEPS`` the layer's default is that rolled loop itself, so such cases (``--steps``)
+also time ``unrolled`` (``unroll=T-1``, straight-line code), with its compile time. The MAC ratio
+CSR/conv (from ``csr_jax.accounting``) says how much slower CSR may fairly be.
 
 All variants are compiled first and then timed interleaved (A B C D A B C D ...), so a shared
 machine's changing load hits them alike; each time is the median over ``--repeats``.
@@ -12,6 +14,7 @@ machine's changing load hits them alike; each time is the median over ``--repeat
 Run:  python -m benchmarks.layer_bench            (batch 128; takes long on a 2-core CPU)
       python -m benchmarks.layer_bench --batch 16 --repeats 5 --json out.jsonl
       python -m benchmarks.layer_bench --cases resnet56 --spatial 8
+      python -m benchmarks.layer_bench --cases resnet56 --spatial 8 --steps 16   (T above the unroll limit)
 It runs unchanged on a GPU.
 """
 
@@ -33,7 +36,7 @@ from flax import linen as nn
 
 from benchmarks.model_bench import _load_layer_class
 from csr_jax import CSRConv, accounting
-from csr_jax.csr_conv import csr_group_sizes
+from csr_jax.csr_conv import FULL_UNROLL_MAX_STEPS, csr_group_sizes
 
 # (name, c_in, c_out, k, T, spatial): MobileNetV2 expand/project 1x1 and a ResNet-56 3x3 conv.
 CASES = [
@@ -148,6 +151,8 @@ def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: i
         "naive": (_fwd_bwd(NaiveCSRConv(c_out, k, T)), (variables, x)),
         "conv": (_fwd_bwd(conv), (conv_vars, x)),
     }
+    if T > FULL_UNROLL_MAX_STEPS:  # the default is rolled here: time the straight-line form too
+        fns["unrolled"] = (_fwd_bwd(CSRConv(c_out, k, T, padding="SAME", unroll=T - 1)), (variables, x))
     if baseline is not None:
         fns["baseline"] = (_fwd_bwd(baseline(c_out, k, T, padding="SAME")), (variables, x))
     inner = 1 if jax.devices()[0].platform == "cpu" else 10
@@ -161,6 +166,8 @@ def run_case(name: str, c_in: int, c_out: int, k: int, T: int, hw: int, batch: i
     device = jax.devices()[0]
     extra = {} if baseline is None else {"baseline_ms": round(ms["baseline"], 3),
                                          "baseline_over_csr": round(ms["baseline"] / ms["csr"], 3)}
+    if "unrolled" in ms:
+        extra.update(unrolled_ms=round(ms["unrolled"], 3), unrolled_over_csr=round(ms["unrolled"] / ms["csr"], 3))
     return {
         "case": name, "spatial": hw, "batch": batch, "csr_ms": round(ms["csr"], 3), "scan_ms": round(ms["scan"], 3),
         "naive_ms": round(ms["naive"], 3), "conv_ms": round(ms["conv"], 3),
@@ -206,11 +213,15 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def select(cases: Sequence[tuple], patterns: Sequence[str] | None, spatial: int | None) -> list[tuple]:
-    """Cases whose name contains one of ``patterns``, at ``spatial`` (deduplicated) if given."""
+def select(cases: Sequence[tuple], patterns: Sequence[str] | None, spatial: int | None,
+           steps: int | None = None) -> list[tuple]:
+    """Cases whose name contains one of ``patterns``, at ``spatial`` and with ``steps`` T
+    (deduplicated) if given."""
     picked = [c for c in cases if not patterns or any(p in c[0] for p in patterns)]
-    if spatial is not None:
-        picked = list(dict.fromkeys(c[:5] + (spatial,) for c in picked))
+    if steps is not None:
+        picked = [(c[0].replace(f"T={c[4]}", f"T={steps}"),) + c[1:4] + (steps,) + c[5:] for c in picked]
+    if spatial is not None or steps is not None:
+        picked = list(dict.fromkeys(c[:5] + (c[5] if spatial is None else spatial,) for c in picked))
     if not picked:
         raise SystemExit(f"No case matches {list(patterns or [])}; names: {sorted({c[0] for c in cases})}.")
     return picked
@@ -222,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cases", nargs="*", default=None, help="only cases whose name contains one of these")
     parser.add_argument("--spatial", type=int, default=None, help="run every selected case at this HxW")
+    parser.add_argument("--steps", type=int, default=None, help="run every selected case with this T")
     parser.add_argument("--json", default=None, help="append one JSON line per case to this file")
     parser.add_argument("--baseline-layer", default=None,
                         help="a file defining an earlier CSRConv (e.g. from git show), timed as one more variant")
@@ -231,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> None:
           f"{jax.device_count()} devices)  host {platform.node()}  "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}", flush=True)
     baseline = _load_layer_class(args.baseline_layer) if args.baseline_layer else None
-    rows = run(args.batch, args.repeats, args.json, select(CASES, args.cases, args.spatial), baseline)
+    rows = run(args.batch, args.repeats, args.json, select(CASES, args.cases, args.spatial, args.steps), baseline)
     print()
     print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
     print(format_table(rows))

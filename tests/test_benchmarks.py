@@ -106,3 +106,10 @@ def test_naive_layer_equals_csrconv(c_in, c_out, k, T):
     y_csr = jax.jit(CSRConv(c_out, k, T).apply)(variables, x)
     y_naive = jax.jit(layer_bench.NaiveCSRConv(c_out, k, T).apply)(variables, x)
     np.testing.assert_allclose(np.asarray(y_naive), np.asarray(y_csr), rtol=1e-5, atol=1e-5)
+
+
+def test_layer_bench_select_runs_cases_at_another_steps_and_size():
+    cases = layer_bench.select(layer_bench.CASES, ["resnet56"], 8, steps=16)
+    assert cases == [("resnet56 3x3 64->64 T=16", 64, 64, 3, 16, 8)]
+    assert layer_bench.select(layer_bench.CASES, ["project"], None, steps=2) == [
+        ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 32), ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 8)]

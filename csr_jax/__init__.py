@@ -2,7 +2,8 @@
 
 The public API is small on purpose, since other JAX projects import the layer:
 
-* :class:`CSRConv` — the layer (``csr_jax.csr_conv``);
+* :class:`CSRConv` — the layer (``csr_jax.csr_conv``); ``csr_jax.nnx.CSRConv`` is the same layer
+  as a native ``flax.nnx`` module (import ``csr_jax.nnx`` explicitly; it is not loaded here);
 * ``csr_jax.accounting`` — closed-form parameter/MAC counts and per-layer model reports;
 * ``csr_jax.surgery`` — convert the convs of a linen model you did not write, without editing it;
 * ``csr_jax.models`` — the paper's backbones: ``create(name, num_classes=..., csr=...)``,

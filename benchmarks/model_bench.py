@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import importlib
 import importlib.util
 import json
 import math
@@ -40,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +48,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import csr_jax
 from csr_jax import accounting, depthwise, models
 
 DTYPES = {"fp32": jnp.float32, "bf16": jnp.bfloat16}
@@ -138,30 +135,6 @@ PRESETS: dict[str, list[Case]] = {
 VARIANTS = ("ordinary", "csr", "csr-scan", "csr-baseline", "ordinary-xla", "csr-xla")
 
 
-# ------------------------------------------------------------------------------------------
-# The train step, imported without what it does not need.
-
-
-def _train_modules() -> tuple[types.ModuleType, types.ModuleType]:
-    """``csr_jax.train.state`` and ``csr_jax.train.steps``.
-
-    The package's ``__init__`` imports the whole training loop (orbax, grain, ml-collections),
-    which bare GPU images often lack, while the train step needs only jax, flax and optax. If the
-    package cannot be imported, its two modules are loaded under a bare package object instead.
-    """
-    try:
-        from csr_jax.train import state, steps
-
-        return state, steps
-    except ImportError:
-        for name in [m for m in sys.modules if m == "csr_jax.train" or m.startswith("csr_jax.train.")]:
-            del sys.modules[name]
-        package = types.ModuleType("csr_jax.train")
-        package.__path__ = [str(Path(csr_jax.__file__).parent / "train")]
-        sys.modules["csr_jax.train"] = package
-        return importlib.import_module("csr_jax.train.state"), importlib.import_module("csr_jax.train.steps")
-
-
 def _load_layer_class(path: str) -> type:
     """``CSRConv`` from a Python file (an earlier version of ``csr_jax/csr_conv.py``)."""
     spec = importlib.util.spec_from_file_location("csr_conv_baseline", path)
@@ -236,7 +209,9 @@ def _memory_analysis(compiled: Any) -> dict[str, int]:
 
 def build(case: Case, variant: str, baseline_layer: type | None = None) -> Built:
     """Creates the network, its train state and batch on the device, lowers and compiles the step."""
-    state_mod, steps_mod = _train_modules()
+    # csr_jax.train loads lazily: the train step needs jax, flax and optax, not the loop's orbax/grain.
+    from csr_jax.train import state as state_mod
+    from csr_jax.train import steps as steps_mod
     from csr_jax.train.mesh import batch_sharding, make_data_mesh
 
     mesh = make_data_mesh(jax.devices()[:1])

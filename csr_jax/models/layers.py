@@ -163,10 +163,11 @@ def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
 
 
 def classifier(x: Array, num_classes: int, dtype: Dtype | None, kernel_init: Initializer = torch_default_init,
-               name: str = "classifier") -> Array:
+               name: str = "classifier", bias_init: Initializer = nn.initializers.zeros) -> Array:
     """The final dense layer; logits come back in float32 so the loss is computed accurately
     whatever the compute dtype."""
-    return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, name=name)(x).astype(jnp.float32)
+    return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
+                    name=name)(x).astype(jnp.float32)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

@@ -22,6 +22,7 @@ from csr_jax.models.layers import (
     make_divisible,
     torch_default_init,
 )
+from csr_jax.models.torch_compat import torch_batch_norm, torch_default_bias_init
 from csr_jax.models.registry import CIFAR, IMAGENET, register_model
 from csr_jax.policy import CSRPolicy, Presets, Rule, TPreset
 
@@ -64,6 +65,11 @@ CIFAR_CFG: tuple[tuple[int, int, int, int], ...] = (
     (1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 1), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
+def _batch_norm(torch_stats: bool):
+    """``layers.batch_norm``, or its PyTorch-running-variance twin (``torch_compat``)."""
+    return torch_batch_norm if torch_stats else batch_norm
+
+
 class InvertedResidual(nn.Module):
     """1x1 expand (BN, ReLU6) -> 3x3 depthwise (BN, ReLU6) -> 1x1 project (BN), plus the input when
     the stride is 1 and the width is unchanged."""
@@ -76,12 +82,14 @@ class InvertedResidual(nn.Module):
     always_expand: bool = False
     dtype: Any = None
     kernel_init: Any = kaiming_fan_out
+    torch_batchnorm_stats: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         c_in = x.shape[-1]
         hidden = int(round(c_in * self.expand_ratio))
         kw = dict(block=self.block, kernel_init=self.kernel_init)
+        batch_norm = _batch_norm(self.torch_batchnorm_stats)
         y = x
         # torchvision drops the expand conv when t == 1; the CSR reference keeps it (32 -> 32).
         if self.expand_ratio != 1 or self.always_expand:
@@ -109,11 +117,18 @@ class MobileNetV2(nn.Module):
       num_classes: output classes.
       variant: ``'imagenet'`` (torchvision: stem stride 2, t=1 block without expand conv,
         dropout 0.2, torchvision inits) or ``'cifar'`` (the CSR reference: stem stride 1,
-        :data:`CIFAR_CFG` strides, every block with an expand conv, no dropout, PyTorch default
-        inits).
+        :data:`CIFAR_CFG` strides, every block with an expand conv, no dropout, the authors'
+        inits). Inits: every ordinary conv N(0, sqrt(2 / (k * k * C_out))) in both variants
+        (the authors' loop over their convs, and torchvision's kaiming_normal_ fan_out: the same
+        law; stem std 0.083, last depthwise std 0.015 in the CIFAR net); CSR kernels keep
+        PyTorch's default U(+-1/sqrt(fan_in)) (``CSRConv``'s); the classifier is PyTorch's
+        ``nn.Linear`` default in the CIFAR net (weight and bias U(+-1/sqrt(fan_in)), as the
+        authors leave it) and torchvision's N(0, 0.01) weight, zero bias in the ImageNet net.
       width_mult: channel multiplier, channels rounded to multiples of 8 as in torchvision.
       cfg: override of the (t, c, n, s) table; None takes the variant's.
       dropout_rate: None takes the variant's.
+      torch_batchnorm_stats: update the BatchNorm running variance with the unbiased batch
+        variance, as PyTorch does (``torch_compat.TorchStatsBatchNorm``); changes eval only.
       conv, dtype: conv factory and compute dtype.
     """
 
@@ -122,6 +137,7 @@ class MobileNetV2(nn.Module):
     width_mult: float = 1.0
     cfg: tuple[tuple[int, int, int, int], ...] | None = None
     dropout_rate: float | None = None
+    torch_batchnorm_stats: bool = False
     conv: ConvFactory = ConvFactory()
     dtype: Any = None
 
@@ -131,7 +147,8 @@ class MobileNetV2(nn.Module):
             raise ValueError(f"MobileNetV2.variant must be 'cifar' or 'imagenet', got {self.variant!r}.")
         cifar = self.variant == "cifar"
         cfg = self.cfg if self.cfg is not None else (CIFAR_CFG if cifar else IMAGENET_CFG)
-        init = torch_default_init if cifar else kaiming_fan_out
+        init = kaiming_fan_out  # N(0, sqrt(2 / (k * k * C_out))): see the class docstring.
+        batch_norm = _batch_norm(self.torch_batchnorm_stats)
         dropout = self.dropout_rate if self.dropout_rate is not None else (0.0 if cifar else 0.2)
         x = self.conv(self, x, name="stem", features=make_divisible(32 * self.width_mult), kernel_size=3,
                       strides=1 if cifar else 2, role="stem", kernel_init=init)
@@ -142,10 +159,13 @@ class MobileNetV2(nn.Module):
                 index += 1
                 x = InvertedResidual(make_divisible(c * self.width_mult), s if i == 0 else 1, t, index, self.conv,
                                      always_expand=cifar, dtype=self.dtype, kernel_init=init,
+                                     torch_batchnorm_stats=self.torch_batchnorm_stats,
                                      name=f"block_{index}")(x, train)
         head = make_divisible(1280 * max(1.0, self.width_mult))
         x = self.conv(self, x, name="head", features=head, kernel_size=1, role="head", kernel_init=init)
         x = nn.relu6(batch_norm(train, self.dtype, "head_bn")(x))
         x = nn.Dropout(dropout, deterministic=not train)(global_avg_pool(x))
-        dense_init = torch_default_init if cifar else nn.initializers.normal(0.01)
-        return classifier(x, self.num_classes, self.dtype, kernel_init=dense_init)
+        if cifar:
+            return classifier(x, self.num_classes, self.dtype, kernel_init=torch_default_init,
+                              bias_init=torch_default_bias_init(x.shape[-1]))
+        return classifier(x, self.num_classes, self.dtype, kernel_init=nn.initializers.normal(0.01))

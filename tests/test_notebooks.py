@@ -49,6 +49,7 @@ def kernel_dir(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow  # Trains and plots in a kernel: skipped by `pytest -m 'not slow'`.
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path: Path, kernel_dir: Path, monkeypatch):
     monkeypatch.setenv("CSR_JAX_SMALL", "1")  # The kernel inherits this process's environment.

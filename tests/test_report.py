@@ -22,6 +22,8 @@ from experiments import report as report_cli
 from experiments.configs import digits
 from tests import train_support as support
 
+pytestmark = pytest.mark.slow  # Two real (short) training runs.
+
 NUM_STEPS = 4
 
 

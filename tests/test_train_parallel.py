@@ -13,8 +13,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests import train_support as support
+
+pytestmark = pytest.mark.slow  # Training runs on 8 devices and in two processes.
 
 RTOL, ATOL = 2e-4, 2e-5
 

@@ -14,6 +14,8 @@ from csr_jax.train import IncompatibleWorkdirError, train_and_evaluate
 
 from tests import train_support as support
 
+pytestmark = pytest.mark.slow  # Training runs interrupted and resumed.
+
 KILL_AT = 6  # SIGTERM arrives while batch 6 of 8 is being read.
 
 # `python -m experiments.train ARGS`, except that the data iterator sends this process SIGTERM

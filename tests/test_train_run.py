@@ -16,6 +16,8 @@ from csr_jax.train import ConfigError, NonFiniteLossError, train_and_evaluate
 
 from tests import train_support as support
 
+pytestmark = pytest.mark.slow  # End-to-end training runs.
+
 SUMMARY_FIELDS = ('eval_accuracy', 'eval_loss', 'num_params', 'step', 'images_per_sec', 'model',
                   'csr', 'dataset', 'wall_time_s', 'jax_version', 'device_kind', 'num_devices',
                   'num_processes')

@@ -104,8 +104,8 @@ PRESETS: dict[str, list[Case]] = {
         _case("resnet56", "t4", 128, 32, "bf16", 10, "resnet56"),
         _case("resnet50", "t4", 128, 224, "fp32", 1000, "resnet50"),
     ],
-    # XLA:CPU runs depthwise convs very slowly (a MobileNetV2-CIFAR step at batch 32 took ~30 s), so CPU sizes are small: 16x16 CIFAR
-    # nets at batch 16, 64x64 ImageNet nets at batch 8.
+    # Small sizes, chosen when XLA:CPU's depthwise convs made a MobileNetV2-CIFAR step at batch 32 take ~30 s
+    # (before csr_jax.depthwise): 16x16 CIFAR nets at batch 16, 64x64 ImageNet nets at batch 8.
     "cpu": [
         _case("mobilenetv2_cifar", "reference", 16, 16, "fp32", 10, "mbv2c"),
         _case("mobilenetv2_cifar", "reference", 16, 16, "bf16", 10, "mbv2c"),
@@ -129,9 +129,9 @@ PRESETS: dict[str, list[Case]] = {
 #: Variants of a case. ``csr`` is the layer as shipped (``unroll=None``: hidden steps unrolled for
 #: T <= 8); ``csr-scan`` forces the rolled ``nn.scan`` (``unroll=1``); ``csr-baseline`` uses the
 #: ``CSRConv`` class of the file given by ``--baseline-layer`` (an earlier version of the layer).
-#: ``ordinary-xla`` / ``csr-xla``: the same networks with every depthwise conv traced as XLA's
-#: grouped conv (``csr_jax.depthwise.forced_impl('xla')``), the path GPU/TPU take and the only
-#: one before the CPU depthwise path existed.
+#: ``ordinary-xla`` / ``csr-xla``: the same networks with the conv factory's depthwise and 1x1
+#: convs (and CSRConv's depthwise paths) traced as XLA convs (``csr_jax.depthwise.forced_impl('xla')``):
+#: the path GPU/TPU take, and the only one on CPU before the CPU forms (shifted taps, dots) existed.
 VARIANTS = ("ordinary", "csr", "csr-scan", "csr-baseline", "ordinary-xla", "csr-xla")
 
 

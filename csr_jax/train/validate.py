@@ -219,6 +219,10 @@ def _model_problems(config: Mapping[str, Any]) -> list[str]:
     if key == 'unroll':
       if not (_is_int(value) and value >= 1):
         problems.append(f'config.model_overrides.unroll must be an integer >= 1, got {value!r}.')
+    elif key in spec.fixed:
+      problems.append(f'config.model_overrides.{key} defines {name} itself ({key}='
+                      f'{spec.fixed[key]!r}); set --config.model to the registered model you '
+                      f'want instead ({models.list_models()}).')
     elif key not in fields:
       problems.append(f'{name} has no field {key!r} to override: '
                       f'{_nearest(key, sorted(fields) + ["unroll"])}')

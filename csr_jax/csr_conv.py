@@ -315,7 +315,9 @@ def _hidden_path(a: Array, time_axis: int, kernel: Array, bias: Array | None, al
     ``(N, H', W', T, g)`` = h_1 .. h_T stacked along axis 3.
 
     ``unroll=None`` runs the steps as straight-line Python; an int runs ``lax.scan`` with that
-    unroll factor. ``a`` is cut with ONE split rather than per-step slices: the gradient of a
+    unroll factor (the NNX layer's rolled form; the linen layer's rolled form is ``nn.scan`` over
+    ``_HiddenCell``, with the same step and the same loop inputs and outputs,
+    :func:`_scan_inputs`/:func:`_scan_outputs`). ``a`` is cut with ONE split rather than per-step slices: the gradient of a
     split is one concatenate, that of T slices is T zero-padded full-size tensors added up.
     """
     steps = a.shape[time_axis]

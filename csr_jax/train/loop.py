@@ -38,7 +38,7 @@ from csr_jax.train.steps import make_eval_step, make_train_step
 from csr_jax.train.summary import (environment, format_table, keep_training_figures, read_summary,
                                    write_summary)
 from csr_jax.train.validate import validate_config
-from csr_jax.train.workdir import WorkdirLock, record_config, workdir_errors
+from csr_jax.train.workdir import WorkdirLock, read_config, record_config, workdir_errors
 
 
 def _eval_coverage(eval_result: dict[str, float], num_eval: int) -> str:
@@ -110,6 +110,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # 2. The workdir: created, locked (a second run stops here, having written nothing), used.
   with workdir_errors(workdir):
+    saved = read_config(workdir) if epath.Path(workdir).exists() else None
+    if saved is not None:  # A different experiment is refused before the lock file is written.
+      check_compatible(saved, record, workdir)
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)
     with WorkdirLock(workdir):
       ckpt = Checkpointer(workdir, keep=int(config.keep_checkpoints))

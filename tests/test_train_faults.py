@@ -185,6 +185,12 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_and_the_first_is_unharmed(
             assert first.poll() is None, first.communicate()[1][-3000:]
             assert time.time() < deadline, 'the first run never reached step 6'
             time.sleep(0.2)
+        # The first run's own asynchronous save of checkpoint 4 may still be in flight: wait
+        # for it, so that the snapshot sees only what a second run could change.
+        while (not (workdir / 'checkpoints' / '4').exists() or
+               list((workdir / 'checkpoints').glob('*orbax-checkpoint-tmp*'))):
+            assert time.time() < deadline, 'checkpoint 4 was never committed'
+            time.sleep(0.2)
         before = {p: p.stat().st_mtime_ns for p in workdir.rglob('*') if p.is_file()}
         with pytest.raises(WorkdirLockedError) as e:
             train_and_evaluate(_config(root), str(workdir))

@@ -32,16 +32,26 @@ def make_state(model_name: str):
     model = models.create(model_name, num_classes=1000)
     shape = (1, *models.default_input_shape(model_name))
     abstract = jax.eval_shape(
-        lambda: model.init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                           jnp.zeros(shape), train=False))
+        lambda: model.init(
+            {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+            jnp.zeros(shape),
+            train=False,
+        )
+    )
     rng = np.random.default_rng(0)
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)),
-                             abstract)
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"],
-                              tx=optax.sgd(0.1, momentum=0.9),
-                              batch_stats=variables.get("batch_stats", {}))
-    momentum = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32))
-                            if x.ndim else x, state.opt_state)
+    variables = jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape, np.float32)), abstract
+    )
+    state = TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=optax.sgd(0.1, momentum=0.9),
+        batch_stats=variables.get("batch_stats", {}),
+    )
+    momentum = jax.tree.map(
+        lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32)) if x.ndim else x,
+        state.opt_state,
+    )
     return state.replace(step=jnp.asarray(0, jnp.int32), opt_state=momentum)
 
 
@@ -56,9 +66,11 @@ def main() -> None:
     state = make_state(args.model)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     n_all = sum(x.size for x in jax.tree.leaves(state))
-    print(f"{args.model}: {n_params:,} params, {n_all:,} values saved "
-          f"({n_all * 4 / 1e6:.0f} MB float32); {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{args.model}: {n_params:,} params, {n_all:,} values saved "
+        f"({n_all * 4 / 1e6:.0f} MB float32); {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+    )
     times: dict[tuple[str, bool], list[float]] = {}
     root = tempfile.mkdtemp(prefix="ckpt_bench_")
     try:

@@ -36,9 +36,15 @@ DN = ("NHWC", "HWIO", "NHWC")
 #: (input NHWC, k, stride): depthwise convs of the CIFAR MobileNetV2 at batch 32 (k=3) and of
 #: EfficientNet-B0 (k=5) at 32x32 input.
 SHAPES = [
-    ((32, 32, 32, 96), 3, 1), ((32, 32, 32, 144), 3, 2), ((32, 16, 16, 192), 3, 1), ((32, 16, 16, 384), 3, 2),
-    ((32, 8, 8, 576), 3, 1), ((32, 4, 4, 960), 3, 1),
-    ((32, 16, 16, 240), 5, 1), ((32, 16, 16, 144), 5, 2), ((32, 8, 8, 672), 5, 1),
+    ((32, 32, 32, 96), 3, 1),
+    ((32, 32, 32, 144), 3, 2),
+    ((32, 16, 16, 192), 3, 1),
+    ((32, 16, 16, 384), 3, 2),
+    ((32, 8, 8, 576), 3, 1),
+    ((32, 4, 4, 960), 3, 1),
+    ((32, 16, 16, 240), 5, 1),
+    ((32, 16, 16, 144), 5, 2),
+    ((32, 8, 8, 672), 5, 1),
 ]
 
 
@@ -47,7 +53,9 @@ def _out_size(size: int, k: int, s: int, pads: tuple[int, int]) -> int:
 
 
 def xla(x, w, s, p):
-    return lax.conv_general_dilated(x, w, (s, s), p, dimension_numbers=DN, feature_group_count=x.shape[-1])
+    return lax.conv_general_dilated(
+        x, w, (s, s), p, dimension_numbers=DN, feature_group_count=x.shape[-1]
+    )
 
 
 def taps(x, w, s, p):
@@ -67,7 +75,7 @@ def phases(x, w, s, p):
     y = None
     for i in range(k):
         for j in range(k):
-            term = xp[:, i // s: i // s + ho, i % s, j // s: j // s + wo, j % s, :] * w[i, j, 0]
+            term = xp[:, i // s : i // s + ho, i % s, j // s : j // s + wo, j % s, :] * w[i, j, 0]
             y = term if y is None else y + term
     return y
 
@@ -77,8 +85,16 @@ def im2col(x, w, s, p):
     n, h, wd, c = x.shape
     ho, wo = _out_size(h, k, s, p[0]), _out_size(wd, k, s, p[1])
     xp = jnp.pad(x, ((0, 0), p[0], p[1], (0, 0)))
-    cols = jnp.stack([lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * s + 1, j + (wo - 1) * s + 1, c), (1, s, s, 1))
-                      for i in range(k) for j in range(k)], axis=-1)
+    cols = jnp.stack(
+        [
+            lax.slice(
+                xp, (0, i, j, 0), (n, i + (ho - 1) * s + 1, j + (wo - 1) * s + 1, c), (1, s, s, 1)
+            )
+            for i in range(k)
+            for j in range(k)
+        ],
+        axis=-1,
+    )
     return jnp.einsum("nhwct,ct->nhwc", cols, w.reshape(k * k, c).T)
 
 
@@ -86,19 +102,32 @@ CANDIDATES = {"xla": xla, "taps": taps, "phases": phases, "im2col": im2col}
 
 
 def _value_and_grad(f, s, p):
-    return jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(f(x, w, s, p) ** 2) * 0.5, argnums=(0, 1)))
+    return jax.jit(
+        jax.value_and_grad(lambda x, w: jnp.sum(f(x, w, s, p) ** 2) * 0.5, argnums=(0, 1))
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument(
+        "--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES)
+    )
     args = parser.parse_args(argv)
     names = ["xla"] + [c for c in args.candidates if c != "xla"]
-    print(f"# depthwise_bench  jax {jax.__version__}  {jax.devices()[0].device_kind}  "
-          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}")
-    print("| input (N, H, W, C) | k | stride | " + " | ".join(f"{n} ms" for n in names)
-          + " | " + " | ".join(f"xla/{n}" for n in names[1:]) + " |")
+    print(
+        f"# depthwise_bench  jax {jax.__version__}  {jax.devices()[0].device_kind}  "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "| input (N, H, W, C) | k | stride | "
+        + " | ".join(f"{n} ms" for n in names)
+        + " | "
+        + " | ".join(f"xla/{n}" for n in names[1:])
+        + " |"
+    )
     print("|---|---|---|" + "---|" * (2 * len(names) - 1))
     rng = np.random.default_rng(0)
     for shape, k, s in SHAPES:
@@ -110,7 +139,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         for n, f in fns.items():
             out = jax.block_until_ready(f(x, w))
             for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):
-                np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))), err_msg=n)
+                np.testing.assert_allclose(
+                    a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))), err_msg=n
+                )
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(args.repeats):
             for n, f in fns.items():
@@ -118,8 +149,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 jax.block_until_ready(f(x, w))
                 times[n].append(time.perf_counter() - t0)
         ms = {n: statistics.median(t) * 1e3 for n, t in times.items()}
-        print(f"| {shape} | {k} | {s} | " + " | ".join(f"{ms[n]:.1f}" for n in names) + " | "
-              + " | ".join(f"{ms['xla'] / ms[n]:.1f}" for n in names[1:]) + " |", flush=True)
+        print(
+            f"| {shape} | {k} | {s} | "
+            + " | ".join(f"{ms[n]:.1f}" for n in names)
+            + " | "
+            + " | ".join(f"{ms['xla'] / ms[n]:.1f}" for n in names[1:])
+            + " |",
+            flush=True,
+        )
     print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
 
 

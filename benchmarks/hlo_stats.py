@@ -25,8 +25,17 @@ from benchmarks.layer_bench import CASES, _fwd_bwd, select
 from benchmarks.model_bench import _load_layer_class
 from csr_jax import CSRConv
 
-OPS = ("while", "dynamic-slice", "dynamic-update-slice", "transpose", "copy", "pad", "concatenate", "convolution",
-       "dot")
+OPS = (
+    "while",
+    "dynamic-slice",
+    "dynamic-update-slice",
+    "transpose",
+    "copy",
+    "pad",
+    "concatenate",
+    "convolution",
+    "dot",
+)
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
 _CALLS = re.compile(r"(?:calls|to_apply)=%?([\w.\-]+)")
 _INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = .*?\s([a-z][a-z\-]*)\((.*)$")
@@ -92,7 +101,11 @@ def op_counts(hlo_text: str) -> collections.Counter:
                 continue
             if opcode == "fusion":
                 called = _CALLS.search(rest)
-                opcode = _root_op(computations[called.group(1)]) if called and called.group(1) in computations else "?"
+                opcode = (
+                    _root_op(computations[called.group(1)])
+                    if called and called.group(1) in computations
+                    else "?"
+                )
             counts[opcode] += 1
             counts["kernels"] += 1
     return counts
@@ -102,37 +115,55 @@ def layer_stats(module: nn.Module, variables, x) -> dict:
     compiled = _fwd_bwd(module).lower(variables, x).compile()
     counts = op_counts(compiled.as_text())
     memory = compiled.memory_analysis()
-    return {"ops": {op: counts.get(op, 0) for op in (*OPS, "kernels")},
-            "temp_bytes": int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else None}
+    return {
+        "ops": {op: counts.get(op, 0) for op in (*OPS, "kernels")},
+        "temp_bytes": int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--spatial", type=int, default=16)
-    parser.add_argument("--baseline-layer", default=None, help="an earlier csr_conv.py to compare against")
+    parser.add_argument(
+        "--baseline-layer", default=None, help="an earlier csr_conv.py to compare against"
+    )
     args = parser.parse_args(argv)
     baseline = _load_layer_class(args.baseline_layer) if args.baseline_layer else None
-    cases = select(CASES, None, args.spatial) + [("mbv2 depthwise 3x3 192 T=3", 192, 192, 3, 3, args.spatial)]
-    print(f"# hlo_stats  jax {jax.__version__}  device {jax.devices()[0].device_kind}  batch {args.batch}  "
-          f"{args.spatial}x{args.spatial}; op counts outside fusions of the fwd+bwd program")
+    cases = select(CASES, None, args.spatial) + [
+        ("mbv2 depthwise 3x3 192 T=3", 192, 192, 3, 3, args.spatial)
+    ]
+    print(
+        f"# hlo_stats  jax {jax.__version__}  device {jax.devices()[0].device_kind}  batch {args.batch}  "
+        f"{args.spatial}x{args.spatial}; op counts outside fusions of the fwd+bwd program"
+    )
     print("| case | variant | " + " | ".join(OPS) + " | kernels | temp MiB |")
     print("|---|---|" + "---|" * (len(OPS) + 2))
     for name, c_in, c_out, k, steps, hw in cases:
         depthwise = "depthwise" in name
         x = jax.random.normal(jax.random.key(1), (args.batch, hw, hw, c_in), jnp.float32)
         variables = CSRConv(c_out, k, steps, depthwise=depthwise).init(jax.random.key(0), x)
-        variants = {"csr (unroll=None)": CSRConv(c_out, k, steps, depthwise=depthwise),
-                    "csr unroll=1": CSRConv(c_out, k, steps, depthwise=depthwise, unroll=1)}
+        variants = {
+            "csr (unroll=None)": CSRConv(c_out, k, steps, depthwise=depthwise),
+            "csr unroll=1": CSRConv(c_out, k, steps, depthwise=depthwise, unroll=1),
+        }
         if baseline is not None:
             variants["baseline"] = baseline(c_out, k, steps, depthwise=depthwise)
         conv = nn.Conv(c_out, (k, k), use_bias=False, feature_group_count=c_in if depthwise else 1)
         variants["nn.Conv (reference)"] = conv
         for label, module in variants.items():
-            stats = layer_stats(module, conv.init(jax.random.key(0), x) if module is conv else variables, x)
+            stats = layer_stats(
+                module, conv.init(jax.random.key(0), x) if module is conv else variables, x
+            )
             temp = stats["temp_bytes"]
-            print(f"| {name} | {label} | " + " | ".join(str(stats["ops"][op]) for op in (*OPS, "kernels"))
-                  + f" | {'-' if temp is None else f'{temp / 2**20:.1f}'} |", flush=True)
+            print(
+                f"| {name} | {label} | "
+                + " | ".join(str(stats["ops"][op]) for op in (*OPS, "kernels"))
+                + f" | {'-' if temp is None else f'{temp / 2**20:.1f}'} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -85,9 +85,26 @@ class Case:
         return f"{LABELS.get(self.model, self.model)} {self.image}px b{self.batch} {self.dtype}"
 
 
-def _case(model: str, csr: str, batch: int, image: int, dtype: str, num_classes: int, short: str,
-          overrides: tuple[tuple[str, Any], ...] = ()) -> Case:
-    return Case(f"{short}-b{batch}-{image}px-{dtype}", model, csr, batch, image, dtype, num_classes, overrides)
+def _case(
+    model: str,
+    csr: str,
+    batch: int,
+    image: int,
+    dtype: str,
+    num_classes: int,
+    short: str,
+    overrides: tuple[tuple[str, Any], ...] = (),
+) -> Case:
+    return Case(
+        f"{short}-b{batch}-{image}px-{dtype}",
+        model,
+        csr,
+        batch,
+        image,
+        dtype,
+        num_classes,
+        overrides,
+    )
 
 
 # Priority order: if a deadline stops the run early, the cases that matter most are done.
@@ -122,7 +139,16 @@ PRESETS: dict[str, list[Case]] = {
     # For tests: the CIFAR MobileNetV2 cut to one inverted residual (32 -> 192 -> 24; its expand
     # and project convs are CSR), batch 2, 8x8.
     "tiny": [
-        _case("mobilenetv2_cifar", "reference", 2, 8, "fp32", 10, "mbv2c-tiny", overrides=(("cfg", ((6, 24, 1, 1),)),)),
+        _case(
+            "mobilenetv2_cifar",
+            "reference",
+            2,
+            8,
+            "fp32",
+            10,
+            "mbv2c-tiny",
+            overrides=(("cfg", ((6, 24, 1, 1),)),),
+        ),
     ],
 }
 
@@ -160,8 +186,13 @@ def make_model(case: Case, variant: str, baseline_layer: type | None = None):
     ordinary = variant in ("ordinary", "ordinary-xla")
     if not ordinary:
         kwargs["unroll"] = 1 if variant == "csr-scan" else None
-    return models.create(case.model, num_classes=case.num_classes, csr=None if ordinary else case.csr,
-                         dtype=DTYPES[case.dtype], **kwargs)
+    return models.create(
+        case.model,
+        num_classes=case.num_classes,
+        csr=None if ordinary else case.csr,
+        dtype=DTYPES[case.dtype],
+        **kwargs,
+    )
 
 
 def _optimizer() -> optax.GradientTransformation:
@@ -202,7 +233,10 @@ def _memory_analysis(compiled: Any) -> dict[str, int]:
     stats = compiled.memory_analysis()
     if stats is None:
         return {}
-    out = {name: int(getattr(stats, f"{name}_size_in_bytes", 0)) for name in ("argument", "output", "temp", "alias")}
+    out = {
+        name: int(getattr(stats, f"{name}_size_in_bytes", 0))
+        for name in ("argument", "output", "temp", "alias")
+    }
     out["planned_bytes"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
     return out
 
@@ -219,19 +253,29 @@ def build(case: Case, variant: str, baseline_layer: type | None = None) -> Built
     shape = (case.image, case.image, 3)
     # Counted with the shipped CSRConv (the accounting recognises that class): a baseline layer
     # has the same architecture, hence the same MACs.
-    macs = sum(r.macs for r in accounting.layer_report(
-        make_model(case, variant), jax.ShapeDtypeStruct((1, *shape), jnp.float32),
-        method=lambda m, x: m(x, train=False)))
+    macs = sum(
+        r.macs
+        for r in accounting.layer_report(
+            make_model(case, variant),
+            jax.ShapeDtypeStruct((1, *shape), jnp.float32),
+            method=lambda m, x: m(x, train=False),
+        )
+    )
     forced = depthwise.forced_impl("xla") if variant.endswith("-xla") else contextlib.nullcontext()
     with forced:
         state = state_mod.create_train_state(model, _optimizer(), jax.random.key(0), shape, mesh)
-        step = steps_mod.make_train_step(mesh, state, num_classes=case.num_classes,
-                                         learning_rate_fn=lambda _: jnp.float32(0.05))
+        step = steps_mod.make_train_step(
+            mesh, state, num_classes=case.num_classes, learning_rate_fn=lambda _: jnp.float32(0.05)
+        )
         rng = np.random.default_rng(0)
         sharding = batch_sharding(mesh)
         batch = {
-            "image": jax.device_put(rng.standard_normal((case.batch, *shape), np.float32), sharding),
-            "label": jax.device_put(rng.integers(0, case.num_classes, case.batch).astype(np.int32), sharding),
+            "image": jax.device_put(
+                rng.standard_normal((case.batch, *shape), np.float32), sharding
+            ),
+            "label": jax.device_put(
+                rng.integers(0, case.num_classes, case.batch).astype(np.int32), sharding
+            ),
         }
         key = jax.random.key(1)
         t0 = time.perf_counter()
@@ -240,7 +284,18 @@ def build(case: Case, variant: str, baseline_layer: type | None = None) -> Built
         compiled = lowered.compile()
         t2 = time.perf_counter()
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    return Built(variant, compiled, state, batch, key, t1 - t0, t2 - t1, _memory_analysis(compiled), params, macs)
+    return Built(
+        variant,
+        compiled,
+        state,
+        batch,
+        key,
+        t1 - t0,
+        t2 - t1,
+        _memory_analysis(compiled),
+        params,
+        macs,
+    )
 
 
 def _peak_bytes() -> int | None:
@@ -250,11 +305,22 @@ def _peak_bytes() -> int | None:
 
 def _environment() -> dict[str, Any]:
     device = jax.devices()[0]
-    return {"device": device.device_kind, "platform": device.platform, "jax": jax.__version__, "host": platform.node()}
+    return {
+        "device": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "host": platform.node(),
+    }
 
 
-def run_case(case: Case, variants: Sequence[str], repeats: int, target_s: float | None, baseline_layer: type | None = None,
-             isolated: bool = False) -> list[dict]:
+def run_case(
+    case: Case,
+    variants: Sequence[str],
+    repeats: int,
+    target_s: float | None,
+    baseline_layer: type | None = None,
+    isolated: bool = False,
+) -> list[dict]:
     """Builds every variant of ``case``, then times them interleaved (A B A B ...), in this process.
 
     Interleaving puts every variant under the same background load, which matters on a shared
@@ -283,16 +349,31 @@ def run_case(case: Case, variants: Sequence[str], repeats: int, target_s: float 
         if peak is not None and len(built) == 1:
             memory["peak_bytes_in_use"] = peak
             source = "peak_bytes_in_use"
-        rows.append(dict(
-            case=case.id, title=case.title, model=case.model,
-            csr=None if b.variant in ("ordinary", "ordinary-xla") else case.csr,
-            variant=b.variant, batch=case.batch, image=case.image, dtype=case.dtype,
-            images_per_s=round(case.batch / step_s, 2), step_ms=round(step_s * 1e3, 3),
-            step_ms_repeats=[round(t * 1e3, 3) for t in times[b.variant]], steps_per_repeat=chain[b.variant],
-            lower_s=round(b.lower_s, 2), compile_s=round(b.compile_s, 2), memory=memory, memory_source=source,
-            params=b.params, macs_per_image=b.macs_per_image, load_avg=[round(load_before, 2), round(load_after, 2)],
-            time=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), **_environment(),
-        ))
+        rows.append(
+            dict(
+                case=case.id,
+                title=case.title,
+                model=case.model,
+                csr=None if b.variant in ("ordinary", "ordinary-xla") else case.csr,
+                variant=b.variant,
+                batch=case.batch,
+                image=case.image,
+                dtype=case.dtype,
+                images_per_s=round(case.batch / step_s, 2),
+                step_ms=round(step_s * 1e3, 3),
+                step_ms_repeats=[round(t * 1e3, 3) for t in times[b.variant]],
+                steps_per_repeat=chain[b.variant],
+                lower_s=round(b.lower_s, 2),
+                compile_s=round(b.compile_s, 2),
+                memory=memory,
+                memory_source=source,
+                params=b.params,
+                macs_per_image=b.macs_per_image,
+                load_avg=[round(load_before, 2), round(load_after, 2)],
+                time=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                **_environment(),
+            )
+        )
     return rows
 
 
@@ -300,24 +381,52 @@ def run_case(case: Case, variants: Sequence[str], repeats: int, target_s: float 
 # One process per (case, variant): a clean peak_bytes_in_use, and a crash costs one row.
 
 
-def _run_isolated(case: Case, variant: str, repeats: int, target_s: float | None, baseline_layer: str | None,
-                  timeout: float) -> dict:
-    command = [sys.executable, "-m", "benchmarks.model_bench", "--worker", json.dumps(dataclasses.asdict(case)),
-               "--variants", variant, "--repeats", str(repeats)]
+def _run_isolated(
+    case: Case,
+    variant: str,
+    repeats: int,
+    target_s: float | None,
+    baseline_layer: str | None,
+    timeout: float,
+) -> dict:
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.model_bench",
+        "--worker",
+        json.dumps(dataclasses.asdict(case)),
+        "--variants",
+        variant,
+        "--repeats",
+        str(repeats),
+    ]
     if target_s is not None:
         command += ["--target-s", str(target_s)]
     if baseline_layer:
         command += ["--baseline-layer", baseline_layer]
-    error_row = {"case": case.id, "title": case.title, "model": case.model, "variant": variant, "batch": case.batch,
-                     "image": case.image, "dtype": case.dtype}
+    error_row = {
+        "case": case.id,
+        "title": case.title,
+        "model": case.model,
+        "variant": variant,
+        "batch": case.batch,
+        "image": case.image,
+        "dtype": case.dtype,
+    }
     try:
-        done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=max(timeout, 1.0),
-                              cwd=Path(__file__).resolve().parent.parent)
+        done = subprocess.run(
+            command,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=max(timeout, 1.0),
+            cwd=Path(__file__).resolve().parent.parent,
+        )
     except subprocess.TimeoutExpired:
         return dict(error_row, error=f"timed out after {timeout:.0f} s (deadline)")
     for line in done.stdout.splitlines():
         if line.startswith(_ROW_MARK):
-            return json.loads(line[len(_ROW_MARK):])
+            return json.loads(line[len(_ROW_MARK) :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
     return dict(error_row, error=f"exit {done.returncode}: " + " | ".join(tail))
 
@@ -359,8 +468,10 @@ def format_table(rows: list[dict]) -> str:
     CSR's multiply-accumulates run as fast as the ordinary network's, below 1 when CSR is
     slower than its MAC count predicts.
     """
-    head = ("| case | variant | ordinary img/s | CSR img/s | CSR/ordinary | MAC ratio | per-MAC speed "
-            "| memory MiB (ord / CSR) | memory ratio | compile s (ord / CSR) |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| case | variant | ordinary img/s | CSR img/s | CSR/ordinary | MAC ratio | per-MAC speed "
+        "| memory MiB (ord / CSR) | memory ratio | compile s (ord / CSR) |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
     lines = [head]
     by_case: dict[str, dict[str, dict]] = {}
     for row in rows:
@@ -382,14 +493,21 @@ def format_table(rows: list[dict]) -> str:
                 f"| {title} | {name} | {_rate(ordinary['images_per_s'])} | {_rate(row['images_per_s'])} "
                 f"| {speed:.2f} | {macs:.2f} | {speed * macs:.2f} "
                 f"| {_mib(mem_o)} / {_mib(mem_c)} | {(mem_c / mem_o) if mem_o and mem_c else float('nan'):.2f} "
-                f"| {ordinary['compile_s']:.0f} / {row['compile_s']:.0f} |")
+                f"| {ordinary['compile_s']:.0f} / {row['compile_s']:.0f} |"
+            )
     sources = sorted({r.get("memory_source") for r in rows if r.get("memory_source")})
     if sources:
         lines.append("")
-        lines.append("memory: " + ", ".join(
-            {"peak_bytes_in_use": "device peak_bytes_in_use (one network per process)",
-             "memory_analysis": "compiled step's memory_analysis(): argument + output + temp - alias"}[s]
-            for s in sources))
+        lines.append(
+            "memory: "
+            + ", ".join(
+                {
+                    "peak_bytes_in_use": "device peak_bytes_in_use (one network per process)",
+                    "memory_analysis": "compiled step's memory_analysis(): argument + output + temp - alias",
+                }[s]
+                for s in sources
+            )
+        )
     return "\n".join(lines)
 
 
@@ -399,31 +517,59 @@ def select_cases(preset: str, patterns: Sequence[str] | None) -> list[Case]:
     if patterns:
         cases = [c for c in cases if any(p in c.id for p in patterns)]
         if not cases:
-            raise SystemExit(f"No {preset!r} case matches {list(patterns)}; ids: {[c.id for c in PRESETS[preset]]}.")
+            raise SystemExit(
+                f"No {preset!r} case matches {list(patterns)}; ids: {[c.id for c in PRESETS[preset]]}."
+            )
     return cases
 
 
-def run(cases: Sequence[Case], variants: Sequence[str], *, repeats: int, target_s: float | None, isolate: bool,
-        json_path: str | None = None, deadline_s: float | None = None,
-        baseline_layer: str | None = None) -> list[dict]:
+def run(
+    cases: Sequence[Case],
+    variants: Sequence[str],
+    *,
+    repeats: int,
+    target_s: float | None,
+    isolate: bool,
+    json_path: str | None = None,
+    deadline_s: float | None = None,
+    baseline_layer: str | None = None,
+) -> list[dict]:
     """Runs every case, prints and returns its rows (appending them to ``json_path`` if given)."""
     if "csr-baseline" in variants and not baseline_layer:
-        raise SystemExit("Variant 'csr-baseline' needs --baseline-layer PATH (a file defining CSRConv).")
+        raise SystemExit(
+            "Variant 'csr-baseline' needs --baseline-layer PATH (a file defining CSRConv)."
+        )
     baseline_cls = _load_layer_class(baseline_layer) if baseline_layer and not isolate else None
     start = time.perf_counter()
     rows: list[dict] = []
     for case in cases:
         left = None if deadline_s is None else deadline_s - (time.perf_counter() - start)
         if left is not None and left <= 0:
-            case_rows = [{"case": case.id, "title": case.title, "variant": v, "error": "skipped: deadline"} for v in variants]
+            case_rows = [
+                {"case": case.id, "title": case.title, "variant": v, "error": "skipped: deadline"}
+                for v in variants
+            ]
         elif isolate:
             case_rows = []
             for v in variants:
                 left = None if deadline_s is None else deadline_s - (time.perf_counter() - start)
-                case_rows.append(_run_isolated(case, v, repeats, target_s, baseline_layer,
-                                               timeout=left if left is not None else 3600.0)
-                                 if left is None or left > 0 else {"case": case.id, "title": case.title, "variant": v,
-                                                                       "error": "skipped: deadline"})
+                case_rows.append(
+                    _run_isolated(
+                        case,
+                        v,
+                        repeats,
+                        target_s,
+                        baseline_layer,
+                        timeout=left if left is not None else 3600.0,
+                    )
+                    if left is None or left > 0
+                    else {
+                        "case": case.id,
+                        "title": case.title,
+                        "variant": v,
+                        "error": "skipped: deadline",
+                    }
+                )
         else:
             case_rows = run_case(case, variants, repeats, target_s, baseline_cls)
         for row in case_rows:
@@ -436,24 +582,49 @@ def run(cases: Sequence[Case], variants: Sequence[str], *, repeats: int, target_
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--cases", nargs="*", default=None, help="run only cases whose id contains one of these")
+    parser.add_argument(
+        "--cases", nargs="*", default=None, help="run only cases whose id contains one of these"
+    )
     parser.add_argument("--variants", nargs="+", default=["ordinary", "csr"], choices=VARIANTS)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per variant (median reported)")
-    parser.add_argument("--target-s", type=float, default=None,
-                        help="seconds per repeat (steps are chained to fill it); default 0.5 on accelerators, "
-                             "0 on CPU (one step per repeat)")
-    parser.add_argument("--isolate", action="store_true",
-                        help="one process per (case, variant), for a clean device peak_bytes_in_use; this "
-                             "process then never touches the device, so the workers get all of its memory")
-    parser.add_argument("--deadline-s", type=float, default=None,
-                        help="stop after this many seconds: a running isolated network is killed, the networks "
-                             "not started are reported as skipped")
-    parser.add_argument("--baseline-layer", default=None, help="file whose CSRConv the 'csr-baseline' variant uses")
-    parser.add_argument("--json", default=None, help="append one JSON line per (case, variant) to this file")
-    parser.add_argument("--table", default=None, metavar="JSONL",
-                        help="only print the ratio table of the rows in this file (e.g. a GPU run's --json)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed repeats per variant (median reported)"
+    )
+    parser.add_argument(
+        "--target-s",
+        type=float,
+        default=None,
+        help="seconds per repeat (steps are chained to fill it); default 0.5 on accelerators, "
+        "0 on CPU (one step per repeat)",
+    )
+    parser.add_argument(
+        "--isolate",
+        action="store_true",
+        help="one process per (case, variant), for a clean device peak_bytes_in_use; this "
+        "process then never touches the device, so the workers get all of its memory",
+    )
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="stop after this many seconds: a running isolated network is killed, the networks "
+        "not started are reported as skipped",
+    )
+    parser.add_argument(
+        "--baseline-layer", default=None, help="file whose CSRConv the 'csr-baseline' variant uses"
+    )
+    parser.add_argument(
+        "--json", default=None, help="append one JSON line per (case, variant) to this file"
+    )
+    parser.add_argument(
+        "--table",
+        default=None,
+        metavar="JSONL",
+        help="only print the ratio table of the rows in this file (e.g. a GPU run's --json)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -464,12 +635,22 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(format_table([json.loads(line) for line in f if line.strip()]))
         return
     device = "(per row)" if args.isolate else "{device} ({platform})".format(**_environment())
-    print(f"# model_bench  preset {args.preset}  jax {jax.__version__}  device {device}  host {platform.node()}  "
-          f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}  "
-          f"isolate {args.isolate}", flush=True)
-    rows = run(select_cases(args.preset, args.cases), args.variants, repeats=args.repeats, target_s=args.target_s,
-               isolate=args.isolate, json_path=args.json, deadline_s=args.deadline_s,
-               baseline_layer=args.baseline_layer)
+    print(
+        f"# model_bench  preset {args.preset}  jax {jax.__version__}  device {device}  host {platform.node()}  "
+        f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  load {os.getloadavg()[0]:.2f}  "
+        f"isolate {args.isolate}",
+        flush=True,
+    )
+    rows = run(
+        select_cases(args.preset, args.cases),
+        args.variants,
+        repeats=args.repeats,
+        target_s=args.target_s,
+        isolate=args.isolate,
+        json_path=args.json,
+        deadline_s=args.deadline_s,
+        baseline_layer=args.baseline_layer,
+    )
     print()
     print(f"# load average at the end: {os.getloadavg()[0]:.2f}")
     print(format_table(rows))

@@ -33,20 +33,34 @@ from torch import nn
 class CSRConv2d(nn.Module):
     """CSR-Conv, one Python-level step per channel chunk (the reference's formulation)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, steps: int, stride: int = 1,
-                 padding: int = 0, bias: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        steps: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = False,
+    ):
         super().__init__()
         if not 1 <= steps <= min(in_channels, out_channels):
-            raise ValueError(f"CSRConv2d: steps must be in 1..min(C_in, C_out) = {min(in_channels, out_channels)}, "
-                             f"got {steps}.")
+            raise ValueError(
+                f"CSRConv2d: steps must be in 1..min(C_in, C_out) = {min(in_channels, out_channels)}, "
+                f"got {steps}."
+            )
         if steps > 1 and kernel_size % 2 == 0:
-            raise ValueError(f"CSRConv2d: kernel_size must be odd when steps > 1, got {kernel_size}.")
+            raise ValueError(
+                f"CSRConv2d: kernel_size must be odd when steps > 1, got {kernel_size}."
+            )
         self.in_channels, self.out_channels, self.steps = in_channels, out_channels, steps
         self.g_in = -(-in_channels // steps)
         self.g_out = -(-out_channels // steps)
         self.input_conv = nn.Conv2d(self.g_in, self.g_out, kernel_size, stride, padding, bias=bias)
         if steps > 1:
-            self.hidden_conv = nn.Conv2d(self.g_out, self.g_out, kernel_size, 1, (kernel_size - 1) // 2, bias=bias)
+            self.hidden_conv = nn.Conv2d(
+                self.g_out, self.g_out, kernel_size, 1, (kernel_size - 1) // 2, bias=bias
+            )
             self.alpha = nn.Parameter(torch.tensor(0.5))
             self.beta = nn.Parameter(torch.tensor(0.5))
 
@@ -65,32 +79,60 @@ class CSRConv2d(nn.Module):
         return torch.cat(outputs, dim=1)[:, : self.out_channels]
 
 
-def conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
-         steps: int | None = None) -> nn.Module:
+def conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    stride: int = 1,
+    groups: int = 1,
+    steps: int | None = None,
+) -> nn.Module:
     """An ordinary bias-free conv with 'same'-style padding, or CSR-Conv with ``steps`` chunks."""
     padding = (kernel_size - 1) // 2
     if steps is None:
-        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False)
+        return nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=False
+        )
     return CSRConv2d(in_channels, out_channels, kernel_size, steps, stride, padding)
 
 
 # (expansion t, output channels c, repeats n, first stride s) of the CIFAR-10 MobileNetV2.
-MOBILENETV2_CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 1), (6, 64, 4, 2), (6, 96, 3, 1),
-                         (6, 160, 3, 2), (6, 320, 1, 1))
+MOBILENETV2_CIFAR_CFG = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 1),
+    (6, 32, 3, 1),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
 
 
 class InvertedResidual(nn.Module):
     """1x1 expand -> BN -> ReLU6 -> 3x3 depthwise -> BN -> ReLU6 -> 1x1 project -> BN (+ input)."""
 
-    def __init__(self, in_channels: int, out_channels: int, expansion: int, stride: int,
-                 expand_steps: int | None, project_steps: int | None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        expansion: int,
+        stride: int,
+        expand_steps: int | None,
+        project_steps: int | None,
+    ):
         super().__init__()
         hidden = in_channels * expansion
         self.residual = stride == 1 and in_channels == out_channels
         self.layers = nn.Sequential(
-            conv(in_channels, hidden, 1, steps=expand_steps), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            conv(hidden, hidden, 3, stride, groups=hidden), nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True),
-            conv(hidden, out_channels, 1, steps=project_steps), nn.BatchNorm2d(out_channels))
+            conv(in_channels, hidden, 1, steps=expand_steps),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            conv(hidden, hidden, 3, stride, groups=hidden),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+            conv(hidden, out_channels, 1, steps=project_steps),
+            nn.BatchNorm2d(out_channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.layers(x)
@@ -107,8 +149,11 @@ class MobileNetV2Cifar(nn.Module):
         channels = 32
         for t, c, n, s in MOBILENETV2_CIFAR_CFG:
             for i in range(n):
-                layers.append(InvertedResidual(channels, c, t, s if i == 0 else 1, 3 if csr else None,
-                                               4 if csr else None))
+                layers.append(
+                    InvertedResidual(
+                        channels, c, t, s if i == 0 else 1, 3 if csr else None, 4 if csr else None
+                    )
+                )
                 channels = c
         layers += [conv(channels, 1280, 1), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
         self.features = nn.Sequential(*layers)

@@ -37,8 +37,10 @@ try:
     import torch
     import torch.nn.functional as F
 except ImportError as error:  # pragma: no cover - depends on the environment
-    raise SystemExit("benchmarks.torch_peer needs PyTorch: pip install -e '.[bench]' "
-                     "(a CPU-only build: pip install torch --index-url https://download.pytorch.org/whl/cpu).") from error
+    raise SystemExit(
+        "benchmarks.torch_peer needs PyTorch: pip install -e '.[bench]' "
+        "(a CPU-only build: pip install torch --index-url https://download.pytorch.org/whl/cpu)."
+    ) from error
 
 import flax
 import jax
@@ -67,27 +69,56 @@ class PeerConfig:
 
 
 CONFIGS = [
-    PeerConfig("mbv2c", "MobileNetV2-CIFAR ordinary", "mobilenetv2_cifar", None, 32,
-               lambda: torch_models.MobileNetV2Cifar(csr=False)),
-    PeerConfig("mbv2c-reference", "MobileNetV2-CIFAR CSR reference", "mobilenetv2_cifar", "reference", 32,
-               lambda: torch_models.MobileNetV2Cifar(csr=True)),
-    PeerConfig("resnet20", "ResNet-20 ordinary", "resnet20", None, 128,
-               lambda: torch_models.ResNetCifar(3)),
-    PeerConfig("resnet20-t2", "ResNet-20 CSR t2", "resnet20", "t2", 128,
-               lambda: torch_models.ResNetCifar(3, steps=2)),
+    PeerConfig(
+        "mbv2c",
+        "MobileNetV2-CIFAR ordinary",
+        "mobilenetv2_cifar",
+        None,
+        32,
+        lambda: torch_models.MobileNetV2Cifar(csr=False),
+    ),
+    PeerConfig(
+        "mbv2c-reference",
+        "MobileNetV2-CIFAR CSR reference",
+        "mobilenetv2_cifar",
+        "reference",
+        32,
+        lambda: torch_models.MobileNetV2Cifar(csr=True),
+    ),
+    PeerConfig(
+        "resnet20", "ResNet-20 ordinary", "resnet20", None, 128, lambda: torch_models.ResNetCifar(3)
+    ),
+    PeerConfig(
+        "resnet20-t2",
+        "ResNet-20 CSR t2",
+        "resnet20",
+        "t2",
+        128,
+        lambda: torch_models.ResNetCifar(3, steps=2),
+    ),
 ]
 
 
 class TorchTrainer:
     """The PyTorch side: model, SGD (decay on >= 2-D parameters, as csr_jax's optimizer), a batch."""
 
-    def __init__(self, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, channels_last: bool):
+    def __init__(
+        self, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, channels_last: bool
+    ):
         self.model = model.train()
         decay = [p for p in model.parameters() if p.ndim >= 2]
         no_decay = [p for p in model.parameters() if p.ndim < 2]
-        self.optimizer = torch.optim.SGD([{"params": decay, "weight_decay": WEIGHT_DECAY},
-                                          {"params": no_decay, "weight_decay": 0.0}], lr=LR, momentum=MOMENTUM)
-        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # NHWC -> NCHW
+        self.optimizer = torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": WEIGHT_DECAY},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=LR,
+            momentum=MOMENTUM,
+        )
+        self.images = torch.from_numpy(
+            np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+        )  # NHWC -> NCHW
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.images = self.images.contiguous(memory_format=torch.channels_last)
@@ -117,10 +148,16 @@ def run_config(config: PeerConfig, repeats: int, min_s: float, channels_last: bo
     torch_model = config.torch_model()
     torch_params = torch_models.count_params(torch_model)
     if jax_params != torch_params:
-        raise SystemExit(f"{config.title}: csr_jax has {jax_params:,} parameters, the PyTorch model "
-                         f"{torch_params:,}; the two are not the same network, so timing them means nothing.")
-    trainer = TorchTrainer(torch_model, np.asarray(built.batch["image"]), np.asarray(built.batch["label"]),
-                           channels_last)
+        raise SystemExit(
+            f"{config.title}: csr_jax has {jax_params:,} parameters, the PyTorch model "
+            f"{torch_params:,}; the two are not the same network, so timing them means nothing."
+        )
+    trainer = TorchTrainer(
+        torch_model,
+        np.asarray(built.batch["image"]),
+        np.asarray(built.batch["label"]),
+        channels_last,
+    )
     load_before = os.getloadavg()[0]
     built.run(2)  # first executions allocate
     trainer.run(2)  # oneDNN primitive creation, allocator warm-up
@@ -134,13 +171,25 @@ def run_config(config: PeerConfig, repeats: int, min_s: float, channels_last: bo
     jax_ips = config.batch / statistics.median(jax_s)
     torch_ips = config.batch / statistics.median(torch_s)
     return dict(
-        config=config.id, title=config.title, model=config.model, csr=config.csr, batch=config.batch, image=32,
-        dtype="fp32", params=jax_params, jax_images_per_s=round(jax_ips, 2), torch_images_per_s=round(torch_ips, 2),
-        jax_over_torch=round(jax_ips / torch_ips, 3), jax_step_ms=[round(t * 1e3, 1) for t in jax_s],
-        torch_step_ms=[round(t * 1e3, 1) for t in torch_s], steps_per_timing=[chain_jax, chain_torch],
-        jax_compile_s=round(built.lower_s + built.compile_s, 1), torch_channels_last=channels_last,
+        config=config.id,
+        title=config.title,
+        model=config.model,
+        csr=config.csr,
+        batch=config.batch,
+        image=32,
+        dtype="fp32",
+        params=jax_params,
+        jax_images_per_s=round(jax_ips, 2),
+        torch_images_per_s=round(torch_ips, 2),
+        jax_over_torch=round(jax_ips / torch_ips, 3),
+        jax_step_ms=[round(t * 1e3, 1) for t in jax_s],
+        torch_step_ms=[round(t * 1e3, 1) for t in torch_s],
+        steps_per_timing=[chain_jax, chain_torch],
+        jax_compile_s=round(built.lower_s + built.compile_s, 1),
+        torch_channels_last=channels_last,
         load_avg=[round(load_before, 2), round(load_after, 2)],
-        time=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+        time=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    )
 
 
 def _rate(x: float) -> str:
@@ -149,12 +198,16 @@ def _rate(x: float) -> str:
 
 def format_table(rows: Sequence[dict]) -> str:
     """The Markdown table of a run: throughputs and the csr_jax/PyTorch ratio per configuration."""
-    lines = ["| network | batch | params | csr_jax img/s | PyTorch img/s | csr_jax / PyTorch | load (start, end) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| network | batch | params | csr_jax img/s | PyTorch img/s | csr_jax / PyTorch | load (start, end) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['title']} | {r['batch']} | {r['params']:,} | {_rate(r['jax_images_per_s'])} "
-                     f"| {_rate(r['torch_images_per_s'])} | {r['jax_over_torch']:.2f} "
-                     f"| {r['load_avg'][0]:.2f}, {r['load_avg'][1]:.2f} |")
+        lines.append(
+            f"| {r['title']} | {r['batch']} | {r['params']:,} | {_rate(r['jax_images_per_s'])} "
+            f"| {_rate(r['torch_images_per_s'])} | {r['jax_over_torch']:.2f} "
+            f"| {r['load_avg'][0]:.2f}, {r['load_avg'][1]:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -165,32 +218,64 @@ def _cpu() -> str:
             info = f.read()
     except OSError:
         return platform.processor() or "unknown CPU"
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    flags = next(
+        (line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")),
+        [],
+    )
     simd = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
     return f"{model}, {simd}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ids = [c.id for c in CONFIGS]
-    parser.add_argument("--configs", nargs="+", default=ids, choices=ids, help="configurations to run, in order")
-    parser.add_argument("--repeats", type=int, default=5, help="alternating timings per side (median reported)")
-    parser.add_argument("--min-s", type=float, default=2.0, help="each timing chains steps to last at least this")
-    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
-    parser.add_argument("--channels-last", action="store_true", help="PyTorch in channels_last memory format")
-    parser.add_argument("--json", default=None, help="append one JSON line per configuration to this file")
+    parser.add_argument(
+        "--configs", nargs="+", default=ids, choices=ids, help="configurations to run, in order"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternating timings per side (median reported)"
+    )
+    parser.add_argument(
+        "--min-s", type=float, default=2.0, help="each timing chains steps to last at least this"
+    )
+    parser.add_argument(
+        "--torch-threads", type=int, default=os.cpu_count(), help="torch.set_num_threads"
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="PyTorch in channels_last memory format"
+    )
+    parser.add_argument(
+        "--json", default=None, help="append one JSON line per configuration to this file"
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.min_s < 0 or args.torch_threads < 1:
         parser.error("--repeats and --torch-threads must be >= 1, --min-s >= 0.")
     torch.set_num_threads(args.torch_threads)
-    print(f"# torch_peer  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  host {platform.node()}  "
-          f"cpu {_cpu()} x{os.cpu_count()}  jax {jax.__version__} ({jax.devices()[0].platform})  flax {flax.__version__}  "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads)  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
-          f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(
+        f"# torch_peer  {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  host {platform.node()}  "
+        f"cpu {_cpu()} x{os.cpu_count()}  jax {jax.__version__} ({jax.devices()[0].platform})  flax {flax.__version__}  "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}  "
+        f"load {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        flush=True,
+    )
     rows = []
     for config_id in args.configs:
-        row = run_config(next(c for c in CONFIGS if c.id == config_id), args.repeats, args.min_s, args.channels_last)
+        row = run_config(
+            next(c for c in CONFIGS if c.id == config_id),
+            args.repeats,
+            args.min_s,
+            args.channels_last,
+        )
         print(json.dumps(row), flush=True)
         if args.json:
             with open(args.json, "a") as f:

@@ -50,7 +50,14 @@ def _hw(out_hw: int | Sequence[int]) -> int:
     return int(h) * int(w)
 
 
-def conv_params(c_in: int, c_out: int, kernel_size: int | Sequence[int], *, use_bias: bool = False, groups: int = 1) -> int:
+def conv_params(
+    c_in: int,
+    c_out: int,
+    kernel_size: int | Sequence[int],
+    *,
+    use_bias: bool = False,
+    groups: int = 1,
+) -> int:
     """Parameters of an ordinary (optionally grouped) conv."""
     if c_in % groups or c_out % groups:
         raise ValueError(f"groups={groups} must divide c_in={c_in} and c_out={c_out}.")
@@ -73,7 +80,9 @@ def csr_conv_params(
         raise ValueError(f"depthwise CSR needs c_in == c_out, got {c_in} and {c_out}.")
     k = _ksize(kernel_size)
     if steps == 1:
-        return conv_params(c_in, c_out, kernel_size, use_bias=use_bias, groups=c_in if depthwise else 1)
+        return conv_params(
+            c_in, c_out, kernel_size, use_bias=use_bias, groups=c_in if depthwise else 1
+        )
     g_in, g_out = csr_group_sizes(c_in, c_out, steps)
     if depthwise:
         weights = 2 * k * g_out
@@ -82,7 +91,14 @@ def csr_conv_params(
     return weights + 2 + (2 * g_out if use_bias else 0)
 
 
-def conv_macs(c_in: int, c_out: int, kernel_size: int | Sequence[int], out_hw: int | Sequence[int], *, groups: int = 1) -> int:
+def conv_macs(
+    c_in: int,
+    c_out: int,
+    kernel_size: int | Sequence[int],
+    out_hw: int | Sequence[int],
+    *,
+    groups: int = 1,
+) -> int:
     """Multiply-accumulates of an ordinary conv for one image with output size ``out_hw``."""
     return _ksize(kernel_size) * (c_in // groups) * c_out * _hw(out_hw)
 
@@ -146,26 +162,64 @@ def _layer_info(module: nn.Module, x: Any, y: Any) -> LayerInfo | None:
             raise ValueError(f"layer_report counts 2-D convs only; {path} has input rank {x.ndim}.")
         c_in, c_out, ks, out_hw = site.in_channels, site.out_channels, site.kernel_size, site.out_hw
         if isinstance(module, CSRConv):
-            params = csr_conv_params(c_in, c_out, ks, module.steps, use_bias=site.use_bias, depthwise=site.depthwise)
+            params = csr_conv_params(
+                c_in, c_out, ks, module.steps, use_bias=site.use_bias, depthwise=site.depthwise
+            )
             macs = csr_conv_macs(c_in, c_out, ks, module.steps, out_hw, depthwise=site.depthwise)
-            return LayerInfo(path, "csr_conv", c_in, c_out, ks, site.strides, module.steps, site.groups,
-                             site.depthwise, out_hw, params, macs)
+            return LayerInfo(
+                path,
+                "csr_conv",
+                c_in,
+                c_out,
+                ks,
+                site.strides,
+                module.steps,
+                site.groups,
+                site.depthwise,
+                out_hw,
+                params,
+                macs,
+            )
         params = conv_params(c_in, c_out, ks, use_bias=site.use_bias, groups=site.groups)
         macs = conv_macs(c_in, c_out, ks, out_hw, groups=site.groups)
-        return LayerInfo(path, "conv", c_in, c_out, ks, site.strides, 1, site.groups, site.depthwise, out_hw,
-                         params, macs)
+        return LayerInfo(
+            path,
+            "conv",
+            c_in,
+            c_out,
+            ks,
+            site.strides,
+            1,
+            site.groups,
+            site.depthwise,
+            out_hw,
+            params,
+            macs,
+        )
     if isinstance(module, nn.Dense):
         path = "/".join(str(p) for p in module.path) or type(module).__name__
         c_in, c_out = x.shape[-1], y.shape[-1]
         positions = int(np.prod(y.shape[1:-1])) if y.ndim > 2 else 1
         return LayerInfo(
-            path, "dense", c_in, c_out, (1, 1), (1, 1), 1, 1, False, (1, 1),
-            c_in * c_out + (c_out if module.use_bias else 0), c_in * c_out * positions,
+            path,
+            "dense",
+            c_in,
+            c_out,
+            (1, 1),
+            (1, 1),
+            1,
+            1,
+            False,
+            (1, 1),
+            c_in * c_out + (c_out if module.use_bias else 0),
+            c_in * c_out * positions,
         )
     return None
 
 
-def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any) -> list[LayerInfo]:
+def layer_report(
+    model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
+) -> list[LayerInfo]:
     """Per-layer parameters and MACs of every ``nn.Conv``, ``CSRConv`` and ``nn.Dense`` of a model.
 
     The model is initialised abstractly under ``jax.eval_shape`` (nothing is compiled or
@@ -180,7 +234,9 @@ def layer_report(model: nn.Module, *args: Any, method: Any = None, **kwargs: Any
     def interceptor(next_fun, call_args, call_kwargs, context):
         before = len(records)
         y = next_fun(*call_args, **call_kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, (CSRConv, nn.Conv, nn.Dense)):
+        if context.method_name == "__call__" and isinstance(
+            context.module, (CSRConv, nn.Conv, nn.Dense)
+        ):
             # A conv replaced in place (csr_jax.surgery) runs a CSRConv inside its own call;
             # that CSRConv is the layer that exists, so the conv itself is not counted again.
             replaced = any(r.kind == "csr_conv" for r in records[before:])
@@ -209,6 +265,8 @@ def format_report(records: Sequence[LayerInfo]) -> str:
             f"{r.path[-48:]:<48} {r.kind:<8} {r.c_in:>5} {r.c_out:>5} {k:>5} {r.steps:>2} {r.params:>11,} {r.macs:>14,}"
         )
     lines.append("-" * len(header))
-    lines.append(f"{'total':<48} {'':<8} {'':>5} {'':>5} {'':>5} {'':>2} "
-                 f"{sum(r.params for r in records):>11,} {sum(r.macs for r in records):>14,}")
+    lines.append(
+        f"{'total':<48} {'':<8} {'':>5} {'':>5} {'':>5} {'':>2} "
+        f"{sum(r.params for r in records):>11,} {sum(r.macs for r in records):>14,}"
+    )
     return "\n".join(lines)

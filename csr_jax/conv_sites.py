@@ -36,8 +36,12 @@ def broadcast(value: Any, rank: int) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
-def site_of(module: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...] | None = None,
-            root: tuple[str, ...] = ()) -> ConvSite:
+def site_of(
+    module: nn.Module,
+    x_shape: tuple[int, ...],
+    y_shape: tuple[int, ...] | None = None,
+    root: tuple[str, ...] = (),
+) -> ConvSite:
     """The site of one call of a conv module on an input of shape ``x_shape``.
 
     ``root`` is cut from the front of the module's path, so that paths are relative to a model
@@ -46,7 +50,7 @@ def site_of(module: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...
     """
     scope_path = tuple(str(p) for p in module.path)
     if scope_path[: len(root)] == root:
-        scope_path = scope_path[len(root):]
+        scope_path = scope_path[len(root) :]
     if isinstance(module, CSRConv):
         kernel = broadcast(module.kernel_size, 2)
         c_in = int(x_shape[-1])
@@ -58,7 +62,7 @@ def site_of(module: nn.Module, x_shape: tuple[int, ...], y_shape: tuple[int, ...
         groups = int(getattr(module, "feature_group_count", 1))
     out_hw = None
     if y_shape is not None:
-        out_hw = tuple(int(d) for d in y_shape[-1 - len(kernel):-1])
+        out_hw = tuple(int(d) for d in y_shape[-1 - len(kernel) : -1])
     return ConvSite(
         path="/".join(scope_path),
         role=None,
@@ -78,17 +82,29 @@ def _is_array(leaf: Any) -> bool:
     return isinstance(leaf, (jax.Array, np.ndarray, np.generic, jax.ShapeDtypeStruct))
 
 
-def abstract_init(model: nn.Module, args: tuple, kwargs: Mapping[str, Any], *,
-                  rngs: Mapping[str, jax.Array] | None = None, method: Any = None) -> Any:
+def abstract_init(
+    model: nn.Module,
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    *,
+    rngs: Mapping[str, jax.Array] | None = None,
+    method: Any = None,
+) -> Any:
     """``model.init(rngs, *args, **kwargs)`` under ``jax.eval_shape``: arrays (and
     ``jax.ShapeDtypeStruct`` s) become shapes, every other leaf stays a static Python value."""
-    rngs = dict(rngs) if rngs is not None else {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    rngs = (
+        dict(rngs)
+        if rngs is not None
+        else {"params": jax.random.key(0), "dropout": jax.random.key(1)}
+    )
     leaves, treedef = jax.tree_util.tree_flatten((tuple(args), dict(kwargs)))
     arrays = [leaf for leaf in leaves if _is_array(leaf)]
 
     def init(array_leaves):
         it = iter(array_leaves)
-        a, kw = jax.tree_util.tree_unflatten(treedef, [next(it) if _is_array(leaf) else leaf for leaf in leaves])
+        a, kw = jax.tree_util.tree_unflatten(
+            treedef, [next(it) if _is_array(leaf) else leaf for leaf in leaves]
+        )
         return model.init(rngs, *a, method=method, **kw)
 
     return jax.eval_shape(init, arrays)

@@ -62,7 +62,9 @@ _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 #: PyTorch's default conv init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 #: Flax computes fan_in of an HWIO kernel as kh*kw*in, which is also right for depthwise (in=1).
-reference_kernel_init: Initializer = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+reference_kernel_init: Initializer = nn.initializers.variance_scaling(
+    1.0 / 3.0, "fan_in", "uniform"
+)
 
 
 def reference_bias_init(fan_in: int) -> Initializer:
@@ -173,8 +175,16 @@ class _Spec(NamedTuple):
     scan_unroll: int | None
 
 
-def _resolve(c_in: Any, features: Any, kernel_size: Any, steps: Any, strides: Any, padding: Any,
-             depthwise: bool, unroll: Any) -> _Spec:
+def _resolve(
+    c_in: Any,
+    features: Any,
+    kernel_size: Any,
+    steps: Any,
+    strides: Any,
+    padding: Any,
+    depthwise: bool,
+    unroll: Any,
+) -> _Spec:
     """Checks a layer configuration against ``c_in`` input channels; shared by the linen and NNX
     layers, so both accept (NumPy integers) and refuse (booleans, bad sizes) the same inputs."""
     steps = _check_int(steps, "steps")
@@ -225,8 +235,10 @@ def _resolve(c_in: Any, features: Any, kernel_size: Any, steps: Any, strides: An
 def _kernel_shapes(spec: _Spec, depthwise: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """HWIO shapes of the input kernel U (g_in -> g_out) and the hidden kernel V (g_out -> g_out)."""
     kh, kw = spec.kernel_size
-    return ((kh, kw, 1 if depthwise else spec.g_in, spec.g_out),
-            (kh, kw, 1 if depthwise else spec.g_out, spec.g_out))
+    return (
+        (kh, kw, 1 if depthwise else spec.g_in, spec.g_out),
+        (kh, kw, 1 if depthwise else spec.g_out, spec.g_out),
+    )
 
 
 def _fan_in(kernel_shape: Sequence[int]) -> int:
@@ -265,11 +277,15 @@ class _HiddenCell(nn.Module):
 
     def weights(self) -> tuple[Array, Array | None, Array, Array]:
         """``(kernel, bias, alpha, beta)`` in the computation dtype."""
-        kernel, bias, alpha, beta = promote_dtype(self.kernel, self.bias, self.alpha, self.beta, dtype=self.dtype)
+        kernel, bias, alpha, beta = promote_dtype(
+            self.kernel, self.bias, self.alpha, self.beta, dtype=self.dtype
+        )
         return kernel, bias, alpha, beta
 
     def __call__(self, h: Array, a_t: Array) -> tuple[Array, Array]:
-        h = _hidden_step(h, a_t, *self.weights(), depthwise=self.depthwise, precision=self.precision)
+        h = _hidden_step(
+            h, a_t, *self.weights(), depthwise=self.depthwise, precision=self.precision
+        )
         return h, h
 
 
@@ -284,8 +300,17 @@ def _matmul(x: Array, w: Array, precision: Any) -> Array:
     return out.reshape(*x.shape[:-1], w.shape[-1])
 
 
-def _hidden_step(h: Array, a: Array, kernel: Array, bias: Array | None, alpha: Array, beta: Array, *,
-                 depthwise: bool, precision: Any) -> Array:
+def _hidden_step(
+    h: Array,
+    a: Array,
+    kernel: Array,
+    bias: Array | None,
+    alpha: Array,
+    beta: Array,
+    *,
+    depthwise: bool,
+    precision: Any,
+) -> Array:
     """``h_t = alpha * relu(a_t + r_t) + (1 - beta) * r_t`` with ``r_t = V * h_{t-1} + b_V``."""
     kh, kw, _, g = kernel.shape
     pads = [((kh - 1) // 2, (kh - 1) // 2), ((kw - 1) // 2, (kw - 1) // 2)]
@@ -309,8 +334,18 @@ def _hidden_step(h: Array, a: Array, kernel: Array, bias: Array | None, alpha: A
     return alpha * jax.nn.relu(a + r) + (1 - beta) * r
 
 
-def _hidden_path(a: Array, time_axis: int, kernel: Array, bias: Array | None, alpha: Array, beta: Array, *,
-                 depthwise: bool, precision: Any, unroll: int | None) -> Array:
+def _hidden_path(
+    a: Array,
+    time_axis: int,
+    kernel: Array,
+    bias: Array | None,
+    alpha: Array,
+    beta: Array,
+    *,
+    depthwise: bool,
+    precision: Any,
+    unroll: int | None,
+) -> Array:
     """All T steps from the input-path outputs ``a`` (T along ``time_axis``); returns
     ``(N, H', W', T, g)`` = h_1 .. h_T stacked along axis 3.
 
@@ -321,8 +356,15 @@ def _hidden_path(a: Array, time_axis: int, kernel: Array, bias: Array | None, al
     split is one concatenate, that of T slices is T zero-padded full-size tensors added up.
     """
     steps = a.shape[time_axis]
-    step = functools.partial(_hidden_step, kernel=kernel, bias=bias, alpha=alpha, beta=beta,
-                             depthwise=depthwise, precision=precision)
+    step = functools.partial(
+        _hidden_step,
+        kernel=kernel,
+        bias=bias,
+        alpha=alpha,
+        beta=beta,
+        depthwise=depthwise,
+        precision=precision,
+    )
     if unroll is None:
         a_steps = [jnp.squeeze(c, time_axis) for c in jax.lax.split(a, [1] * steps, axis=time_axis)]
         hs = [a_steps[0]]  # h_1 = a_1
@@ -350,8 +392,17 @@ def _scan_outputs(first: Array, hs: Array) -> Array:
     return jnp.concatenate([first[None], hs], axis=0).transpose(1, 2, 3, 0, 4)
 
 
-def _forward(x: Array, kernel: Array, bias: Array | None, spec: _Spec, *, depthwise: bool, precision: Any,
-             dtype: Dtype | None, hidden: Callable[[Array, int], Array]) -> Array:
+def _forward(
+    x: Array,
+    kernel: Array,
+    bias: Array | None,
+    spec: _Spec,
+    *,
+    depthwise: bool,
+    precision: Any,
+    dtype: Dtype | None,
+    hidden: Callable[[Array, int], Array],
+) -> Array:
     """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis)``
     runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and is the
     only part the linen and NNX layers supply differently (where the hidden parameters live)."""
@@ -441,43 +492,88 @@ class CSRConv(nn.Module):
     def __call__(self, x: Array) -> Array:
         """Applies the layer to NHWC ``x``; returns ``(N, H', W', features)``."""
         _check_input(x)
-        spec = _resolve(x.shape[-1], self.features, self.kernel_size, self.steps, self.strides, self.padding,
-                        self.depthwise, self.unroll)
+        spec = _resolve(
+            x.shape[-1],
+            self.features,
+            self.kernel_size,
+            self.steps,
+            self.strides,
+            self.padding,
+            self.depthwise,
+            self.unroll,
+        )
         u_shape, _ = _kernel_shapes(spec, self.depthwise)
         kernel = self.param("input_kernel", self.kernel_init, u_shape, self.param_dtype)
         bias = None
         if self.use_bias:
-            bias = self.param("input_bias", self.bias_init or reference_bias_init(_fan_in(u_shape)), (spec.g_out,),
-                              self.param_dtype)
+            bias = self.param(
+                "input_bias",
+                self.bias_init or reference_bias_init(_fan_in(u_shape)),
+                (spec.g_out,),
+                self.param_dtype,
+            )
 
         def hidden(a: Array, time_axis: int) -> Array:
             cell = functools.partial(
-                _HiddenCell, spec=spec, use_bias=self.use_bias, depthwise=self.depthwise, dtype=a.dtype,
-                param_dtype=self.param_dtype, precision=self.precision, kernel_init=self.kernel_init,
-                bias_init=self.bias_init, name="hidden",
+                _HiddenCell,
+                spec=spec,
+                use_bias=self.use_bias,
+                depthwise=self.depthwise,
+                dtype=a.dtype,
+                param_dtype=self.param_dtype,
+                precision=self.precision,
+                kernel_init=self.kernel_init,
+                bias_init=self.bias_init,
+                name="hidden",
             )
             if spec.scan_unroll is None:
-                return _hidden_path(a, time_axis, *cell().weights(), depthwise=self.depthwise,
-                                    precision=self.precision, unroll=None)
+                return _hidden_path(
+                    a,
+                    time_axis,
+                    *cell().weights(),
+                    depthwise=self.depthwise,
+                    precision=self.precision,
+                    unroll=None,
+                )
             # The rolled form: the cell in nn.scan, its parameters broadcast to every step.
-            scan = nn.scan(_HiddenCell, variable_broadcast="params", split_rngs={"params": False},
-                           unroll=spec.scan_unroll)
+            scan = nn.scan(
+                _HiddenCell,
+                variable_broadcast="params",
+                split_rngs={"params": False},
+                unroll=spec.scan_unroll,
+            )
             first, rest = _scan_inputs(a, time_axis)
             _, hs = scan(**cell.keywords)(first, rest)
             return _scan_outputs(first, hs)
 
-        return _forward(x, kernel, bias, spec, depthwise=self.depthwise, precision=self.precision,
-                        dtype=self.dtype, hidden=hidden)
+        return _forward(
+            x,
+            kernel,
+            bias,
+            spec,
+            depthwise=self.depthwise,
+            precision=self.precision,
+            dtype=self.dtype,
+            hidden=hidden,
+        )
 
 
-def _input_path(x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any) -> tuple[Array, int]:
+def _input_path(
+    x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any
+) -> tuple[Array, int]:
     """``U * x_t`` for every step as one op on the wrapped input; returns ``(a, time_axis)``.
 
     ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
     depthwise kernels, ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
     """
     n, _, _, _ = x.shape
-    steps, strides, padding, g_in, g_out = spec.steps, spec.strides, spec.padding, spec.g_in, spec.g_out
+    steps, strides, padding, g_in, g_out = (
+        spec.steps,
+        spec.strides,
+        spec.padding,
+        spec.g_in,
+        spec.g_out,
+    )
     kh, kw = spec.kernel_size
     if (kh, kw) == (1, 1) and not depthwise and _is_zero_padding(padding):
         # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it

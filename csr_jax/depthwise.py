@@ -30,7 +30,14 @@ from jax import lax
 
 Array = jax.Array
 
-__all__ = ["IMPLS", "conv_general_dilated", "default_impl", "depthwise_conv", "forced_impl", "pointwise_conv"]
+__all__ = [
+    "IMPLS",
+    "conv_general_dilated",
+    "default_impl",
+    "depthwise_conv",
+    "forced_impl",
+    "pointwise_conv",
+]
 
 #: ``"taps"``: sum of shifted multiplies (fast on XLA:CPU); ``"xla"``: ``lax.conv_general_dilated``
 #: with ``feature_group_count`` (cuDNN / TPU convs).
@@ -52,7 +59,9 @@ def default_impl() -> str:
 
 def _check(impl: str) -> str:
     if impl not in IMPLS:
-        raise ValueError(f"depthwise impl must be None (choose by backend) or one of {IMPLS}, got {impl!r}.")
+        raise ValueError(
+            f"depthwise impl must be None (choose by backend) or one of {IMPLS}, got {impl!r}."
+        )
     return impl
 
 
@@ -75,13 +84,24 @@ def forced_impl(impl: str) -> Iterator[None]:
         _forced.pop()
 
 
-def _pads(padding: str | Sequence[tuple[int, int]], in_hw: Sequence[int], kernel_hw: Sequence[int],
-          strides: Sequence[int]) -> list[tuple[int, int]]:
+def _pads(
+    padding: str | Sequence[tuple[int, int]],
+    in_hw: Sequence[int],
+    kernel_hw: Sequence[int],
+    strides: Sequence[int],
+) -> list[tuple[int, int]]:
     if isinstance(padding, str):
-        return [tuple(p) for p in lax.padtype_to_pads(tuple(in_hw), tuple(kernel_hw), tuple(strides), padding.upper())]
+        return [
+            tuple(p)
+            for p in lax.padtype_to_pads(
+                tuple(in_hw), tuple(kernel_hw), tuple(strides), padding.upper()
+            )
+        ]
     pads = [(int(lo), int(hi)) for lo, hi in padding]
     if len(pads) != 2:
-        raise ValueError(f"depthwise_conv is 2-D: padding needs two (low, high) pairs, got {padding!r}.")
+        raise ValueError(
+            f"depthwise_conv is 2-D: padding needs two (low, high) pairs, got {padding!r}."
+        )
     return pads
 
 
@@ -92,7 +112,9 @@ def _taps(x: Array, kernel: Array, strides: tuple[int, int], pads: list[tuple[in
     h_out = (height + pads[0][0] + pads[0][1] - kh) // sh + 1
     w_out = (width + pads[1][0] + pads[1][1] - kw) // sw + 1
     if h_out < 1 or w_out < 1:
-        raise ValueError(f"depthwise_conv: a {kh}x{kw} window with padding {pads} does not fit input {x.shape}.")
+        raise ValueError(
+            f"depthwise_conv: a {kh}x{kw} window with padding {pads} does not fit input {x.shape}."
+        )
     out_dtype = x.dtype
     acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
     zero = jnp.zeros((), x.dtype)
@@ -101,15 +123,26 @@ def _taps(x: Array, kernel: Array, strides: tuple[int, int], pads: list[tuple[in
     y = None
     for i in range(kh):
         for j in range(kw):
-            tap = lax.slice(xp, (0, i, j, 0), (n, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c), (1, sh, sw, 1))
+            tap = lax.slice(
+                xp,
+                (0, i, j, 0),
+                (n, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
+                (1, sh, sw, 1),
+            )
             term = tap * w[i, j, 0]
             y = term if y is None else y + term
     return y.astype(out_dtype)
 
 
-def depthwise_conv(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
-                   padding: str | Sequence[tuple[int, int]] = "SAME", *, precision: Any = None,
-                   impl: str | None = None) -> Array:
+def depthwise_conv(
+    x: Array,
+    kernel: Array,
+    strides: int | Sequence[int] = 1,
+    padding: str | Sequence[tuple[int, int]] = "SAME",
+    *,
+    precision: Any = None,
+    impl: str | None = None,
+) -> Array:
     """Depthwise 2-D convolution of NHWC ``x`` with an HWIO kernel ``(kh, kw, 1, C)``.
 
     Equals ``lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=('NHWC',
@@ -128,10 +161,18 @@ def depthwise_conv(x: Array, kernel: Array, strides: int | Sequence[int] = 1,
     if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
         raise ValueError(
             f"depthwise_conv needs NHWC x and a (kh, kw, 1, C) kernel with C = x.shape[-1], got x {x.shape} "
-            f"and kernel {kernel.shape}; use lax.conv_general_dilated for other convolutions.")
+            f"and kernel {kernel.shape}; use lax.conv_general_dilated for other convolutions."
+        )
     if _resolve(impl) == "xla":
-        return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
-                                        feature_group_count=x.shape[-1], precision=precision)
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            strides,
+            padding,
+            dimension_numbers=_NHWC,
+            feature_group_count=x.shape[-1],
+            precision=precision,
+        )
     return _taps(x, kernel, strides, _pads(padding, x.shape[1:3], kernel.shape[:2], strides))
 
 
@@ -143,7 +184,9 @@ def _is_nhwc(dimension_numbers: Any) -> bool:
     return tuple(dimension_numbers) == _NHWC
 
 
-def pointwise_conv(x: Array, kernel: Array, strides: int | Sequence[int] = 1, *, precision: Any = None) -> Array:
+def pointwise_conv(
+    x: Array, kernel: Array, strides: int | Sequence[int] = 1, *, precision: Any = None
+) -> Array:
     """A 1x1 conv without padding, ``(1, 1, C_in, C_out)`` kernel, as ONE 2-D matrix product.
 
     XLA:CPU runs a 1x1 ``conv_general_dilated`` as a generic conv and its kernel gradient as a
@@ -172,18 +215,50 @@ def conv_general_dilated(impl: str | None = None):
     tree, so a conv built with it loads the same checkpoints. ``impl`` as in
     :func:`depthwise_conv`; one function object per ``impl`` (cached).
     """
-    def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-             feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
-        plain = (lhs.ndim == 4 and _is_nhwc(dimension_numbers) and batch_group_count == 1
-                 and preferred_element_type is None
-                 and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
+
+    def conv(
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=None,
+        rhs_dilation=None,
+        dimension_numbers=None,
+        feature_group_count=1,
+        batch_group_count=1,
+        precision=None,
+        preferred_element_type=None,
+    ):
+        plain = (
+            lhs.ndim == 4
+            and _is_nhwc(dimension_numbers)
+            and batch_group_count == 1
+            and preferred_element_type is None
+            and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+        )
         if plain and _resolve(impl) == "taps":
-            if feature_group_count == lhs.shape[-1] > 1 and rhs.shape[2] == 1 and rhs.shape[3] == lhs.shape[-1]:
-                return depthwise_conv(lhs, rhs, window_strides, padding, precision=precision, impl="taps")
+            if (
+                feature_group_count == lhs.shape[-1] > 1
+                and rhs.shape[2] == 1
+                and rhs.shape[3] == lhs.shape[-1]
+            ):
+                return depthwise_conv(
+                    lhs, rhs, window_strides, padding, precision=precision, impl="taps"
+                )
             if feature_group_count == 1 and rhs.shape[:2] == (1, 1) and _no_padding(padding):
                 return pointwise_conv(lhs, rhs, window_strides, precision=precision)
-        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                        dimension_numbers, feature_group_count, batch_group_count, precision,
-                                        preferred_element_type)
+        return lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation,
+            rhs_dilation,
+            dimension_numbers,
+            feature_group_count,
+            batch_group_count,
+            precision,
+            preferred_element_type,
+        )
 
     return conv

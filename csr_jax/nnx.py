@@ -78,7 +78,9 @@ class CSRConv(nnx.Module):
         bias_init: Initializer | None = None,
         rngs: nnx.Rngs,
     ):
-        spec = _resolve(in_features, out_features, kernel_size, steps, strides, padding, depthwise, unroll)
+        spec = _resolve(
+            in_features, out_features, kernel_size, steps, strides, padding, depthwise, unroll
+        )
         self.in_features = int(in_features)
         self.out_features = spec.features
         self.steps = spec.steps
@@ -100,12 +102,19 @@ class CSRConv(nnx.Module):
         # Each attribute is assigned once, Param or None: NNX fixes an attribute as data or static
         # at its first assignment.
         self.input_kernel = nnx.Param(kernel_init(rngs.params(), u_shape, param_dtype))
-        self.input_bias = nnx.Param(bias_init_u(rngs.params(), (spec.g_out,), param_dtype)) if use_bias else None
-        self.hidden_kernel = nnx.Param(kernel_init(rngs.params(), v_shape, param_dtype)) if hidden else None
+        self.input_bias = (
+            nnx.Param(bias_init_u(rngs.params(), (spec.g_out,), param_dtype)) if use_bias else None
+        )
+        self.hidden_kernel = (
+            nnx.Param(kernel_init(rngs.params(), v_shape, param_dtype)) if hidden else None
+        )
         self.alpha = nnx.Param(jnp.full((), 0.5, param_dtype)) if hidden else None
         self.beta = nnx.Param(jnp.full((), 0.5, param_dtype)) if hidden else None
-        self.hidden_bias = (nnx.Param(bias_init_v(rngs.params(), (spec.g_out,), param_dtype))
-                            if hidden and use_bias else None)
+        self.hidden_bias = (
+            nnx.Param(bias_init_v(rngs.params(), (spec.g_out,), param_dtype))
+            if hidden and use_bias
+            else None
+        )
 
     def __call__(self, x: Array) -> Array:
         """Applies the layer to NHWC ``x``; returns ``(N, H', W', out_features)``."""
@@ -119,13 +128,34 @@ class CSRConv(nnx.Module):
 
         def hidden(a: Array, time_axis: int) -> Array:
             kernel, bias, alpha, beta = promote_dtype(
-                _value(self.hidden_kernel), _value(self.hidden_bias), _value(self.alpha), _value(self.beta),
-                dtype=a.dtype)
-            return _hidden_path(a, time_axis, kernel, bias, alpha, beta, depthwise=self.depthwise,
-                                precision=self.precision, unroll=spec.scan_unroll)
+                _value(self.hidden_kernel),
+                _value(self.hidden_bias),
+                _value(self.alpha),
+                _value(self.beta),
+                dtype=a.dtype,
+            )
+            return _hidden_path(
+                a,
+                time_axis,
+                kernel,
+                bias,
+                alpha,
+                beta,
+                depthwise=self.depthwise,
+                precision=self.precision,
+                unroll=spec.scan_unroll,
+            )
 
-        return _forward(x, _value(self.input_kernel), _value(self.input_bias), spec, depthwise=self.depthwise,
-                        precision=self.precision, dtype=self.dtype, hidden=hidden)
+        return _forward(
+            x,
+            _value(self.input_kernel),
+            _value(self.input_bias),
+            spec,
+            depthwise=self.depthwise,
+            precision=self.precision,
+            dtype=self.dtype,
+            hidden=hidden,
+        )
 
 
 def _value(param: nnx.Param | None) -> Array | None:

@@ -159,7 +159,8 @@ def _kernel_sizes(value: Any) -> tuple[tuple[int, ...], ...] | None:
         return None
     bad = PolicyError(
         f"Rule.kernel_sizes must be an int k (for k x k), or a sequence of ints and (kh, kw) pairs, "
-        f"e.g. (1, 3) for 1x1 and 3x3 convs or [(1, 3)] for a 1x3 conv; got {value!r}.")
+        f"e.g. (1, 3) for 1x1 and 3x3 convs or [(1, 3)] for a 1x3 conv; got {value!r}."
+    )
 
     def positive(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
@@ -168,10 +169,17 @@ def _kernel_sizes(value: Any) -> tuple[tuple[int, ...], ...] | None:
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
         raise bad
     out = []
-    for item in items:  # an int item is a square size; a non-square kernel is a pair in the sequence
+    for (
+        item
+    ) in items:  # an int item is a square size; a non-square kernel is a pair in the sequence
         if positive(item):
             out.append((item, item))
-        elif isinstance(item, Sequence) and not isinstance(item, str) and item and all(map(positive, item)):
+        elif (
+            isinstance(item, Sequence)
+            and not isinstance(item, str)
+            and item
+            and all(map(positive, item))
+        ):
             out.append(tuple(int(v) for v in item))
         else:
             raise bad
@@ -238,7 +246,9 @@ class Rule:
         blocks = _as_tuple(self.blocks)
         if blocks is not None:
             if len(blocks) != 2:
-                raise PolicyError(f"Rule.blocks must be an inclusive range (first, last), got {self.blocks!r}.")
+                raise PolicyError(
+                    f"Rule.blocks must be an inclusive range (first, last), got {self.blocks!r}."
+                )
             first = _check_int(blocks[0], "Rule.blocks[0]", 1)
             last = _check_int(blocks[1], "Rule.blocks[1]", 1)
             if last < first:
@@ -252,7 +262,9 @@ class Rule:
         if self.groups is not None:
             _check_int(self.groups, "Rule.groups", 1)
         if self.depthwise is not None and not isinstance(self.depthwise, bool):
-            raise PolicyError(f"Rule.depthwise must be True, False or None, got {self.depthwise!r}.")
+            raise PolicyError(
+                f"Rule.depthwise must be True, False or None, got {self.depthwise!r}."
+            )
         for name in ("only_if_smaller", "use_conv_init"):
             if not isinstance(getattr(self, name), bool):
                 raise PolicyError(f"Rule.{name} must be a bool, got {getattr(self, name)!r}.")
@@ -284,8 +296,11 @@ class Rule:
         if self.groups is not None and site.groups != self.groups:
             return f"groups={site.groups}, rule has groups={self.groups}"
         if self.depthwise is not None and site.depthwise != self.depthwise:
-            return "depthwise conv (rule has depthwise=False)" if site.depthwise else \
-                "not a depthwise conv (rule has depthwise=True)"
+            return (
+                "depthwise conv (rule has depthwise=False)"
+                if site.depthwise
+                else "not a depthwise conv (rule has depthwise=True)"
+            )
         return None
 
     def matches(self, site: ConvSite) -> bool:
@@ -298,8 +313,11 @@ class Rule:
         for f in dataclasses.fields(self)[1:]:
             value = getattr(self, f.name)
             if value != f.default:
-                out[f.name] = [list(v) if isinstance(v, tuple) else v for v in value] \
-                    if isinstance(value, tuple) else value
+                out[f.name] = (
+                    [list(v) if isinstance(v, tuple) else v for v in value]
+                    if isinstance(value, tuple)
+                    else value
+                )
         return out
 
     @classmethod
@@ -309,7 +327,9 @@ class Rule:
         if unknown:
             raise PolicyError(f"Unknown rule field(s) {unknown}; valid fields: {sorted(known)}.")
         if "steps" not in data:
-            raise PolicyError(f"A rule needs 'steps' (the number of CSR steps T); got {dict(data)!r}.")
+            raise PolicyError(
+                f"A rule needs 'steps' (the number of CSR steps T); got {dict(data)!r}."
+            )
         return cls(**data)
 
     def describe(self) -> str:
@@ -332,12 +352,18 @@ class CSRPolicy:
     def __post_init__(self) -> None:
         if isinstance(self.rules, (Rule, Mapping)):
             raise PolicyError("CSRPolicy.rules must be a sequence of rules, e.g. rules=(Rule(2),).")
-        rules = tuple(Rule.from_dict(r) if isinstance(r, Mapping) else r for r in _as_tuple(self.rules) or ())
+        rules = tuple(
+            Rule.from_dict(r) if isinstance(r, Mapping) else r for r in _as_tuple(self.rules) or ()
+        )
         if not rules:
-            raise PolicyError("A CSRPolicy needs at least one rule; use csr=None for the ordinary network.")
+            raise PolicyError(
+                "A CSRPolicy needs at least one rule; use csr=None for the ordinary network."
+            )
         for i, r in enumerate(rules):
             if not isinstance(r, Rule):
-                raise PolicyError(f"CSRPolicy.rules[{i}] is a {type(r).__name__}, not a Rule or its dict: {r!r}.")
+                raise PolicyError(
+                    f"CSRPolicy.rules[{i}] is a {type(r).__name__}, not a Rule or its dict: {r!r}."
+                )
         object.__setattr__(self, "rules", rules)
 
     def decide(self, site: ConvSite) -> Decision:
@@ -353,13 +379,21 @@ class CSRPolicy:
             if rule.only_if_smaller and len(site.kernel_size) == 2:
                 ordinary, csr = _param_counts(site, rule.steps)
                 if csr >= ordinary:
-                    return Decision(1, index, NOT_SMALLER,
-                                    f"CSR with T={rule.steps} has {csr:,} params, the conv {ordinary:,}")
+                    return Decision(
+                        1,
+                        index,
+                        NOT_SMALLER,
+                        f"CSR with T={rule.steps} has {csr:,} params, the conv {ordinary:,}",
+                    )
             return Decision(rule.steps, index, CSR)
         return Decision(1, None, UNMATCHED, "; ".join(misses))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "rules": [r.to_dict() for r in self.rules]}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "rules": [r.to_dict() for r in self.rules],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CSRPolicy:
@@ -368,7 +402,9 @@ class CSRPolicy:
         if unknown:
             raise PolicyError(f"Unknown policy field(s) {unknown}; valid fields: {sorted(known)}.")
         if "rules" not in data:
-            raise PolicyError("A policy dict needs 'rules': a list of {'steps': T, 'roles': [...], ...}.")
+            raise PolicyError(
+                "A policy dict needs 'rules': a list of {'steps': T, 'roles': [...], ...}."
+            )
         return cls(
             rules=tuple(Rule.from_dict(r) for r in data["rules"]),
             name=data.get("name", "custom"),
@@ -388,10 +424,21 @@ def _param_counts(site: ConvSite, steps: int) -> tuple[int, int]:
     # Imported here so that building and serialising policies does not pull in jax.
     from csr_jax.accounting import conv_params, csr_conv_params
 
-    ordinary = conv_params(site.in_channels, site.out_channels, site.kernel_size,
-                           use_bias=site.use_bias, groups=site.groups)
-    csr = csr_conv_params(site.in_channels, site.out_channels, site.kernel_size, steps,
-                          use_bias=site.use_bias, depthwise=site.depthwise)
+    ordinary = conv_params(
+        site.in_channels,
+        site.out_channels,
+        site.kernel_size,
+        use_bias=site.use_bias,
+        groups=site.groups,
+    )
+    csr = csr_conv_params(
+        site.in_channels,
+        site.out_channels,
+        site.kernel_size,
+        steps,
+        use_bias=site.use_bias,
+        depthwise=site.depthwise,
+    )
     return ordinary, csr
 
 
@@ -409,11 +456,15 @@ def parse_csr(value: Any) -> Any:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise PolicyError(f"csr looks like a JSON policy but does not parse ({e}): {text[:80]!r}.") from e
+            raise PolicyError(
+                f"csr looks like a JSON policy but does not parse ({e}): {text[:80]!r}."
+            ) from e
     elif text.lower().endswith(".json"):
         if not os.path.isfile(text):
-            raise PolicyError(f"csr names the policy file {text!r}, which does not exist; write one with "
-                              "CSRPolicy.to_json(), or give a preset name or the JSON text itself.")
+            raise PolicyError(
+                f"csr names the policy file {text!r}, which does not exist; write one with "
+                "CSRPolicy.to_json(), or give a preset name or the JSON text itself."
+            )
         with open(text, encoding="utf-8") as f:
             try:
                 data = json.load(f)
@@ -422,7 +473,9 @@ def parse_csr(value: Any) -> Any:
     else:
         return value
     if not isinstance(data, dict):
-        raise PolicyError(f"A JSON policy must be an object with 'rules', got {type(data).__name__}.")
+        raise PolicyError(
+            f"A JSON policy must be an object with 'rules', got {type(data).__name__}."
+        )
     CSRPolicy.from_dict(data)  # validate now, with the policy's own error messages
     return data
 
@@ -432,7 +485,8 @@ def parse_csr(value: Any) -> Any:
 # every conv they create here; models.create and surgery.convert check the record.
 
 _RECORD: contextvars.ContextVar[list[tuple[ConvSite, Decision]] | None] = contextvars.ContextVar(
-    "csr_policy_record", default=None)
+    "csr_policy_record", default=None
+)
 
 
 def record(site: ConvSite, decision: Decision) -> None:
@@ -468,18 +522,26 @@ def decide(policy: CSRPolicy | None, site: ConvSite) -> Decision:
     error (surgery reports such a conv as unsupported instead).
     """
     if site.role not in ROLES:
-        raise PolicyError(f"Backbone conv {site.path!r} has unknown role {site.role!r}; valid: {sorted(ROLES)}.")
+        raise PolicyError(
+            f"Backbone conv {site.path!r} has unknown role {site.role!r}; valid: {sorted(ROLES)}."
+        )
     decision = Decision(1, None, UNMATCHED) if policy is None else policy.decide(site)
     if decision.steps > min(site.in_channels, site.out_channels):
         raise PolicyError(
             f"CSR policy {policy.name!r}, rule {decision.rule}: T={decision.steps} for conv {site.path!r} "
             f"({site.in_channels} -> {site.out_channels} channels), but every step needs at least one "
-            f"input and one output channel; add min_channels={decision.steps} to the rule to skip such convs.")
+            f"input and one output channel; add min_channels={decision.steps} to the rule to skip such convs."
+        )
     return decision
 
 
-def check_coverage(policy: CSRPolicy, calls: Sequence[tuple[ConvSite, Decision]], model_name: str = "model",
-                   *, hint: str = "") -> tuple[int, ...]:
+def check_coverage(
+    policy: CSRPolicy,
+    calls: Sequence[tuple[ConvSite, Decision]],
+    model_name: str = "model",
+    *,
+    hint: str = "",
+) -> tuple[int, ...]:
     """Raise :class:`PolicyError` if a rule decided no conv of the recorded model.
 
     A rule that fires nowhere is nearly always a typo (a role the model does not have, a block
@@ -489,24 +551,35 @@ def check_coverage(policy: CSRPolicy, calls: Sequence[tuple[ConvSite, Decision]]
     """
     unused = unused_rules(policy, calls)
     if not calls:
-        raise PolicyError(f"{model_name} created no convolutions; nothing for the policy to act on.")
+        raise PolicyError(
+            f"{model_name} created no convolutions; nothing for the policy to act on."
+        )
     if unused:
         roles = sorted({s.role for s, _ in calls if s.role is not None})
         blocks = sorted({s.block for s, _ in calls if s.block is not None})
         block_text = f"{blocks[0]}..{blocks[-1]}" if blocks else "none"
-        convs = [f"{s.path or '<root>'} ({s.in_channels}->{s.out_channels}, {_fmt_kernel(s.kernel_size)}"
-                 + (f", groups={s.groups}" if s.groups > 1 else "")
-                 + (f", decided by rule {d.rule}" if d.rule is not None else "") + ")"
-                 for s, d in calls[:8]]
+        convs = [
+            f"{s.path or '<root>'} ({s.in_channels}->{s.out_channels}, {_fmt_kernel(s.kernel_size)}"
+            + (f", groups={s.groups}" if s.groups > 1 else "")
+            + (f", decided by rule {d.rule}" if d.rule is not None else "")
+            + ")"
+            for s, d in calls[:8]
+        ]
         more = f" and {len(calls) - 8} more" if len(calls) > 8 else ""
         lines = [f"  rule {i}: {policy.rules[i].to_dict()}" for i in unused]
-        tags = (f"{model_name} has roles {roles} and blocks {block_text}" if roles else
-                f"{model_name}'s convs have no roles or blocks (those tag this project's backbones; "
-                "select by path, kernel size, channels or groups)")
+        tags = (
+            f"{model_name} has roles {roles} and blocks {block_text}"
+            if roles
+            else f"{model_name}'s convs have no roles or blocks (those tag this project's backbones; "
+            "select by path, kernel size, channels or groups)"
+        )
         raise PolicyError(
             f"CSR policy {policy.name!r} has rule(s) that match no conv of {model_name} "
-            f"(or only convs an earlier rule already decided):\n" + "\n".join(lines) +
-            f"\n{tags}; its convs: {', '.join(convs)}{more}." + (f"\n{hint}" if hint else ""))
+            f"(or only convs an earlier rule already decided):\n"
+            + "\n".join(lines)
+            + f"\n{tags}; its convs: {', '.join(convs)}{more}."
+            + (f"\n{hint}" if hint else "")
+        )
     return unused
 
 
@@ -545,11 +618,17 @@ class TPreset:
         """The policy ``t{steps}``."""
         rules = [Rule(steps, roles=self.always, min_channels=steps)]
         if self.where_smaller:
-            rules.append(Rule(steps, roles=self.where_smaller, min_channels=steps, only_if_smaller=True))
-        description = self.why + ((
-            f" T = {steps} throughout; a conv with fewer than {steps} input or output channels "
-            "stays ordinary, since every step needs at least one channel.") if steps > 1 else
-            " With T = 1 every conv stays an ordinary conv: the baseline.")
+            rules.append(
+                Rule(steps, roles=self.where_smaller, min_channels=steps, only_if_smaller=True)
+            )
+        description = self.why + (
+            (
+                f" T = {steps} throughout; a conv with fewer than {steps} input or output channels "
+                "stays ordinary, since every step needs at least one channel."
+            )
+            if steps > 1
+            else " With T = 1 every conv stays an ordinary conv: the baseline."
+        )
         return CSRPolicy(rules=tuple(rules), name=name, description=description)
 
 
@@ -574,7 +653,9 @@ class Presets:
             return self.named[name]
         match = _T_PRESET.match(name) if isinstance(name, str) else None
         if match is None:
-            raise PolicyError(f"Unknown CSR preset {name!r} for {model}; valid: {self.names()} "
-                              "(or t<N> for any N >= 1).")
+            raise PolicyError(
+                f"Unknown CSR preset {name!r} for {model}; valid: {self.names()} "
+                "(or t<N> for any N >= 1)."
+            )
         steps = _check_int(int(match.group(1)), f"T in preset {name!r}", 1)
         return self.t.policy(steps, name)

@@ -93,7 +93,9 @@ def _default_label(summary: dict[str, Any]) -> str:
 
 
 def _is_run(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, SUMMARY_FILE)) or os.path.isfile(os.path.join(path, METRICS_FILE))
+    return os.path.isfile(os.path.join(path, SUMMARY_FILE)) or os.path.isfile(
+        os.path.join(path, METRICS_FILE)
+    )
 
 
 def find_runs(path: str | os.PathLike[str]) -> list[str]:
@@ -101,7 +103,9 @@ def find_runs(path: str | os.PathLike[str]) -> list[str]:
     that are (sorted), so a sweep's parent directory can be passed as a whole."""
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise RunNotFoundError(f"{path} is not a directory; pass the --workdir a training run wrote to.")
+        raise RunNotFoundError(
+            f"{path} is not a directory; pass the --workdir a training run wrote to."
+        )
     if _is_run(path):
         return [path]
     runs = sorted(
@@ -125,9 +129,13 @@ def _read_metrics(path: str) -> tuple[dict[str, Any], ...]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number} is not JSON ({e}); the file is damaged.") from e
+                raise ValueError(
+                    f"{path}, line {number} is not JSON ({e}); the file is damaged."
+                ) from e
             if not isinstance(record, dict) or "step" not in record:
-                raise ValueError(f"{path}, line {number} has no 'step' field; is this a training run's {METRICS_FILE}?")
+                raise ValueError(
+                    f"{path}, line {number} has no 'step' field; is this a training run's {METRICS_FILE}?"
+                )
             records.append(record)
     return tuple(records)
 
@@ -153,11 +161,15 @@ def load_run(workdir: str | os.PathLike[str], label: str | None = None) -> Run:
     with open(summary_path, encoding="utf-8") as f:
         summary = json.load(f)
     if not isinstance(summary, dict):
-        raise ValueError(f"{summary_path} is not a JSON object; is this a training run's {SUMMARY_FILE}?")
+        raise ValueError(
+            f"{summary_path} is not a JSON object; is this a training run's {SUMMARY_FILE}?"
+        )
     metrics = _read_metrics(metrics_path)
     if not metrics:
         raise ValueError(f"{metrics_path} is empty: the run logged no metrics.")
-    return Run(workdir=workdir, summary=summary, metrics=metrics, label=label or _default_label(summary))
+    return Run(
+        workdir=workdir, summary=summary, metrics=metrics, label=label or _default_label(summary)
+    )
 
 
 def load_runs(workdirs: Iterable[str | os.PathLike[str]]) -> list[Run]:
@@ -172,14 +184,25 @@ def load_runs(workdirs: Iterable[str | os.PathLike[str]]) -> list[Run]:
         counts[r.label] = counts.get(r.label, 0) + 1
     return [
         dataclasses.replace(r, label=f"{r.label} [{os.path.basename(os.path.normpath(r.workdir))}]")
-        if counts[r.label] > 1 else r
+        if counts[r.label] > 1
+        else r
         for r in runs
     ]
 
 
 #: The colours runs are drawn in (matplotlib's tab10 palette).
-PALETTE: tuple[str, ...] = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
-                            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+PALETTE: tuple[str, ...] = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 
 
 def run_name(run: Run) -> str:
@@ -238,7 +261,10 @@ def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
     floor = _error_floor(runs)
     handles = []
     for run, color in zip(runs, run_colors(runs)):
-        for split, style in (("train", dict(lw=1.4)), ("eval", dict(lw=1.4, ls="--", marker="o", ms=4))):
+        for split, style in (
+            ("train", dict(lw=1.4)),
+            ("eval", dict(lw=1.4, ls="--", marker="o", ms=4)),
+        ):
             steps, losses = run.series(f"{split}/loss")
             if steps:
                 ax_loss.plot(steps, losses, color=color, **style)
@@ -249,7 +275,9 @@ def plot_curves(runs: Sequence[Run], *, title: str | None = None) -> Figure:
     handles.append(Line2D([], [], color="0.4", lw=1.4, label="train (mean per log interval)"))
     handles.append(Line2D([], [], color="0.4", lw=1.4, ls="--", marker="o", ms=4, label="eval"))
     ax_loss.set(xlabel="step", ylabel="cross-entropy loss (log scale)", title="loss", yscale="log")
-    ax_err.set(xlabel="step", ylabel="error = 1 - accuracy (log scale)", title="error", yscale="log")
+    ax_err.set(
+        xlabel="step", ylabel="error = 1 - accuracy (log scale)", title="error", yscale="log"
+    )
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 3 rather than 3x10^0 on the log axes.
     for ax in (ax_loss, ax_err):
         ax.grid(alpha=0.3, which="both")
@@ -294,8 +322,18 @@ SUMMARY_FIELDS: dict[str, tuple[str, str]] = {
 #: (column header, summary field, format spec) of the Markdown table.
 TABLE_COLUMNS: tuple[tuple[str, str, str], ...] = tuple(
     (SUMMARY_FIELDS[field][0], field, SUMMARY_FIELDS[field][1])
-    for field in ("model", "csr", "dataset", "num_params", "eval_accuracy", "eval_loss", "step",
-                  "images_per_sec", "wall_time_s"))
+    for field in (
+        "model",
+        "csr",
+        "dataset",
+        "num_params",
+        "eval_accuracy",
+        "eval_loss",
+        "step",
+        "images_per_sec",
+        "wall_time_s",
+    )
+)
 
 
 def markdown_table(runs: Sequence[Run]) -> str:
@@ -318,7 +356,9 @@ def markdown_table(runs: Sequence[Run]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_report(runs: Sequence[Run], out_dir: str | os.PathLike[str], *, name: str = "report") -> tuple[str, str]:
+def write_report(
+    runs: Sequence[Run], out_dir: str | os.PathLike[str], *, name: str = "report"
+) -> tuple[str, str]:
     """Writes ``<out_dir>/<name>.png`` (curves) and ``<out_dir>/<name>.md`` (table + figure link).
 
     Returns the two paths.

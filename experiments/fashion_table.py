@@ -41,15 +41,17 @@ from csr_jax import report
 
 # Config files this command knows: the <config> part of a --runs entry -> module.
 CONFIGS = {
-    'resnet20': 'experiments.configs.fashion_mnist_resnet20',
-    'resnet56': 'experiments.configs.fashion_mnist_resnet56',
-    'mobilenetv2': 'experiments.configs.fashion_mnist_mobilenetv2',
+    "resnet20": "experiments.configs.fashion_mnist_resnet20",
+    "resnet56": "experiments.configs.fashion_mnist_resnet56",
+    "mobilenetv2": "experiments.configs.fashion_mnist_mobilenetv2",
 }
-NUM_TRAIN = 60_000  # Fashion-MNIST's training split (the original IDX files; checked by the data tests).
+NUM_TRAIN = (
+    60_000  # Fashion-MNIST's training split (the original IDX files; checked by the data tests).
+)
 NUM_TEST = 10_000
-RUN_RECORD = 'run.json'
+RUN_RECORD = "run.json"
 # Files of a run kept as evidence (small ones only: no checkpoints, no TensorBoard events).
-EVIDENCE_FILES = ('summary.json', 'config.json', 'metrics.jsonl', RUN_RECORD)
+EVIDENCE_FILES = ("summary.json", "config.json", "metrics.jsonl", RUN_RECORD)
 TARGET_POINTS = 0.5  # The claim checked: CSR within 0.5 accuracy points of ordinary ...
 TARGET_REDUCTION = 40.0  # ... with at least 40% fewer parameters.
 
@@ -57,502 +59,665 @@ TARGET_REDUCTION = 40.0  # ... with at least 40% fewer parameters.
 # (https://github.com/zalandoresearch/fashion-mnist#benchmark), for context only: other
 # recipes, augmentation and epochs than the rows above.
 PUBLISHED = (
-    ('WRN-28-10', '', '0.959'),
-    ('DenseNet-BC', '768K', '0.954'),
-    ('MobileNet', '', '0.950'),
-    ('ResNet18', '', '0.949'),
-    ('VGG16', '26M', '0.935'),
-    ('2-conv CNNs (various)', '', '0.876-0.939'),
+    ("WRN-28-10", "", "0.959"),
+    ("DenseNet-BC", "768K", "0.954"),
+    ("MobileNet", "", "0.950"),
+    ("ResNet18", "", "0.949"),
+    ("VGG16", "26M", "0.935"),
+    ("2-conv CNNs (various)", "", "0.876-0.939"),
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUTPUT = os.path.join(REPO_ROOT, 'experiments', 'RESULTS.md')
-DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, 'experiments', 'results', 'fashion_mnist')
+DEFAULT_OUTPUT = os.path.join(REPO_ROOT, "experiments", "RESULTS.md")
+DEFAULT_RESULTS_DIR = os.path.join(REPO_ROOT, "experiments", "results", "fashion_mnist")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-  """One `<config>:<csr>` entry of --runs."""
+    """One `<config>:<csr>` entry of --runs."""
 
-  config: str
-  csr: str
+    config: str
+    csr: str
 
-  @property
-  def name(self) -> str:
-    return f'{self.config}_{self.csr}'
+    @property
+    def name(self) -> str:
+        return f"{self.config}_{self.csr}"
 
 
 def parse_runs(text: str) -> list[RunSpec]:
-  """`'resnet20:none,resnet20:t2'` -> RunSpecs; unknown configs raise with the valid names."""
-  specs = []
-  for item in (t.strip() for t in text.split(',')):
-    if not item:
-      continue
-    config, sep, csr = item.partition(':')
-    if not sep or not csr:
-      raise ValueError(f'--runs entry {item!r} is not <config>:<csr>, e.g. resnet20:t2 or '
-                       'resnet20:none.')
-    if config not in CONFIGS:
-      raise ValueError(f'--runs entry {item!r}: unknown config {config!r}; valid: '
-                       f'{sorted(CONFIGS)}.')
-    specs.append(RunSpec(config, csr))
-  if not specs:
-    raise ValueError('--runs is empty; give e.g. --runs resnet20:none,resnet20:t2.')
-  return specs
+    """`'resnet20:none,resnet20:t2'` -> RunSpecs; unknown configs raise with the valid names."""
+    specs = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        config, sep, csr = item.partition(":")
+        if not sep or not csr:
+            raise ValueError(
+                f"--runs entry {item!r} is not <config>:<csr>, e.g. resnet20:t2 or resnet20:none."
+            )
+        if config not in CONFIGS:
+            raise ValueError(
+                f"--runs entry {item!r}: unknown config {config!r}; valid: {sorted(CONFIGS)}."
+            )
+        specs.append(RunSpec(config, csr))
+    if not specs:
+        raise ValueError("--runs is empty; give e.g. --runs resnet20:none,resnet20:t2.")
+    return specs
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-  """`'warmup_epochs=0.2'` -> ('warmup_epochs', 0.2); values are Python literals or strings."""
-  key, sep, value = text.partition('=')
-  if not sep or not key.strip():
-    raise ValueError(f'--set {text!r} is not key=value, e.g. --set image_size=28.')
-  try:
-    parsed = ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    parsed = value
-  return key.strip(), parsed
+    """`'warmup_epochs=0.2'` -> ('warmup_epochs', 0.2); values are Python literals or strings."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {text!r} is not key=value, e.g. --set image_size=28.")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return key.strip(), parsed
 
 
 def build_config(spec: RunSpec, *, variant: str | None, overrides: Sequence[tuple[str, Any]]):
-  """The config `python -m experiments.train --config <file>[:variant] --config.k=v ...` gives."""
-  config = importlib.import_module(CONFIGS[spec.config]).get_config(variant)
-  config.csr = spec.csr
-  for key, value in overrides:
-    if key not in config:
-      raise ValueError(f'--set {key}=...: the config has no field {key!r}.')
-    config[key] = value
-  return config
+    """The config `python -m experiments.train --config <file>[:variant] --config.k=v ...` gives."""
+    config = importlib.import_module(CONFIGS[spec.config]).get_config(variant)
+    config.csr = spec.csr
+    for key, value in overrides:
+        if key not in config:
+            raise ValueError(f"--set {key}=...: the config has no field {key!r}.")
+        config[key] = value
+    return config
 
 
-def train_command(spec: RunSpec, workdir: str, *, variant: str | None,
-                  overrides: Sequence[tuple[str, Any]]) -> str:
-  """The `experiments.train` command line that trains exactly what `build_config` builds."""
-  config_file = os.path.join('experiments', 'configs', f'fashion_mnist_{spec.config}.py')
-  if variant:
-    config_file += f':{variant}'
-  args = ['python', '-m', 'experiments.train', '--config', config_file, '--workdir', workdir,
-          f'--config.csr={spec.csr}']
-  args += [f'--config.{k}={v}' for k, v in overrides]
-  return shlex.join(args)
+def train_command(
+    spec: RunSpec, workdir: str, *, variant: str | None, overrides: Sequence[tuple[str, Any]]
+) -> str:
+    """The `experiments.train` command line that trains exactly what `build_config` builds."""
+    config_file = os.path.join("experiments", "configs", f"fashion_mnist_{spec.config}.py")
+    if variant:
+        config_file += f":{variant}"
+    args = [
+        "python",
+        "-m",
+        "experiments.train",
+        "--config",
+        config_file,
+        "--workdir",
+        workdir,
+        f"--config.csr={spec.csr}",
+    ]
+    args += [f"--config.{k}={v}" for k, v in overrides]
+    return shlex.join(args)
 
 
 def machine_info() -> dict[str, Any]:
-  """Where this process runs: CPU model and cores, JAX's device kind and count."""
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo', encoding='utf-8') as f:
-      for line in f:
-        if line.startswith('model name'):
-          cpu = line.split(':', 1)[1].strip()
-          break
-  except OSError:
-    pass
-  import jax  # pylint: disable=g-import-not-at-top
-  device = jax.devices()[0]
-  return {'cpu_model': cpu, 'cpu_cores': os.cpu_count(), 'device_kind': device.device_kind,
-          'platform': device.platform, 'num_devices': jax.device_count()}
+    """Where this process runs: CPU model and cores, JAX's device kind and count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import jax  # pylint: disable=g-import-not-at-top
+
+    device = jax.devices()[0]
+    return {
+        "cpu_model": cpu,
+        "cpu_cores": os.cpu_count(),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "num_devices": jax.device_count(),
+    }
 
 
 def machine_text(machine: dict[str, Any] | None) -> str:
-  if not machine:
-    return 'not recorded'
-  cpu = f"{machine.get('cpu_model', '?')}, {machine.get('cpu_cores', '?')} cores"
-  if machine.get('platform') == 'cpu':
-    return f'CPU: {cpu}'
-  return f"{machine.get('device_kind', '?')} x{machine.get('num_devices', '?')} (host {cpu})"
+    if not machine:
+        return "not recorded"
+    cpu = f"{machine.get('cpu_model', '?')}, {machine.get('cpu_cores', '?')} cores"
+    if machine.get("platform") == "cpu":
+        return f"CPU: {cpu}"
+    return f"{machine.get('device_kind', '?')} x{machine.get('num_devices', '?')} (host {cpu})"
 
 
 def _utc_now() -> str:
-  return datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _read_json(path: str) -> dict[str, Any] | None:
-  if not os.path.isfile(path):
-    return None
-  with open(path, encoding='utf-8') as f:
-    return json.load(f)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def reconstruct_command(workdir: str) -> str | None:
-  """An `experiments.train` command rebuilt from `<workdir>/config.json`: the config file of its
-  model plus `--config.k=v` for every field that differs from that file's defaults."""
-  saved = _read_json(os.path.join(workdir, 'config.json'))
-  if saved is None:
+    """An `experiments.train` command rebuilt from `<workdir>/config.json`: the config file of its
+    model plus `--config.k=v` for every field that differs from that file's defaults."""
+    saved = _read_json(os.path.join(workdir, "config.json"))
+    if saved is None:
+        return None
+    for key, module in CONFIGS.items():
+        base = importlib.import_module(module).get_config()
+        if base.model != saved.get("model"):
+            continue
+        base_dict = json.loads(json.dumps(base.to_dict(), default=str))
+        overrides = [
+            (k, "none" if k == "csr" and v is None else v)
+            for k, v in sorted(saved.items())
+            if k in base_dict and base_dict[k] != v
+        ]
+        return train_command(
+            RunSpec(key, str(saved.get("csr") or "none")),
+            workdir,
+            variant=None,
+            overrides=[o for o in overrides if o[0] != "csr"],
+        )
     return None
-  for key, module in CONFIGS.items():
-    base = importlib.import_module(module).get_config()
-    if base.model != saved.get('model'):
-      continue
-    base_dict = json.loads(json.dumps(base.to_dict(), default=str))
-    overrides = [(k, 'none' if k == 'csr' and v is None else v) for k, v in sorted(saved.items())
-                 if k in base_dict and base_dict[k] != v]
-    return train_command(RunSpec(key, str(saved.get('csr') or 'none')), workdir, variant=None,
-                         overrides=[o for o in overrides if o[0] != 'csr'])
-  return None
 
 
 def run_record(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
-  """`<workdir>/run.json` if the run has one; otherwise what can be established about it.
+    """`<workdir>/run.json` if the run has one; otherwise what can be established about it.
 
-  Without a run.json (a run launched by hand): the command comes from `<workdir>/command.txt`,
-  else it is rebuilt from config.json (and says so); the machine is this one only when the
-  summary's device kind and count match it (a run made here), else 'not recorded'; the date is
-  summary.json's modification time (when the run finished).
-  """
-  record = _read_json(os.path.join(workdir, RUN_RECORD))
-  if record is not None:
-    return record
-  command_file = os.path.join(workdir, 'command.txt')
-  if os.path.isfile(command_file):
-    with open(command_file, encoding='utf-8') as f:
-      command = f.read().strip()
-  else:
-    rebuilt = reconstruct_command(workdir)
-    command = f'{rebuilt}  (rebuilt from config.json)' if rebuilt else 'not recorded'
-  here = machine_info()
-  same = (here['device_kind'] == summary.get('device_kind') and
-          here['num_devices'] == summary.get('num_devices'))
-  mtime = os.path.getmtime(os.path.join(workdir, report.SUMMARY_FILE))
-  finished = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
-  return {'command': command, 'machine': here if same else None,
-          'finished_utc': finished.strftime('%Y-%m-%d %H:%M UTC')}
+    Without a run.json (a run launched by hand): the command comes from `<workdir>/command.txt`,
+    else it is rebuilt from config.json (and says so); the machine is this one only when the
+    summary's device kind and count match it (a run made here), else 'not recorded'; the date is
+    summary.json's modification time (when the run finished).
+    """
+    record = _read_json(os.path.join(workdir, RUN_RECORD))
+    if record is not None:
+        return record
+    command_file = os.path.join(workdir, "command.txt")
+    if os.path.isfile(command_file):
+        with open(command_file, encoding="utf-8") as f:
+            command = f.read().strip()
+    else:
+        rebuilt = reconstruct_command(workdir)
+        command = f"{rebuilt}  (rebuilt from config.json)" if rebuilt else "not recorded"
+    here = machine_info()
+    same = here["device_kind"] == summary.get("device_kind") and here["num_devices"] == summary.get(
+        "num_devices"
+    )
+    mtime = os.path.getmtime(os.path.join(workdir, report.SUMMARY_FILE))
+    finished = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
+    return {
+        "command": command,
+        "machine": here if same else None,
+        "finished_utc": finished.strftime("%Y-%m-%d %H:%M UTC"),
+    }
 
 
 @dataclasses.dataclass
 class Row:
-  """One table row: the run's own numbers plus what is derived from them."""
+    """One table row: the run's own numbers plus what is derived from them."""
 
-  name: str
-  workdir: str
-  summary: dict[str, Any]
-  record: dict[str, Any]
-  macs: int | None = None
-  reduction: float | None = None  # % fewer params than the ordinary row of the same model.
+    name: str
+    workdir: str
+    summary: dict[str, Any]
+    record: dict[str, Any]
+    macs: int | None = None
+    reduction: float | None = None  # % fewer params than the ordinary row of the same model.
 
-  @property
-  def epochs(self) -> float:
-    return self.summary['step'] * self.summary['batch_size'] / NUM_TRAIN
+    @property
+    def epochs(self) -> float:
+        return self.summary["step"] * self.summary["batch_size"] / NUM_TRAIN
 
-  @property
-  def image_size(self) -> int:
-    return int(self.summary['image_shape'][0])
+    @property
+    def image_size(self) -> int:
+        return int(self.summary["image_shape"][0])
 
-  @property
-  def csr(self) -> str:
-    return report.csr_name(self.summary.get('csr'))
+    @property
+    def csr(self) -> str:
+        return report.csr_name(self.summary.get("csr"))
 
 
 def count_macs(summary: dict[str, Any]) -> int:
-  """Conv + dense MACs per image of the network the summary describes."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from csr_jax import accounting, models  # pylint: disable=g-import-not-at-top
-  net = models.create(summary['model'], num_classes=int(summary['num_classes']),
-                      csr=summary.get('csr'))
-  x = jnp.zeros((1,) + tuple(summary['image_shape']), jnp.float32)
-  return accounting.model_macs(net, x, method=lambda module, images: module(images, train=False))
+    """Conv + dense MACs per image of the network the summary describes."""
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    from csr_jax import accounting, models  # pylint: disable=g-import-not-at-top
+
+    net = models.create(
+        summary["model"], num_classes=int(summary["num_classes"]), csr=summary.get("csr")
+    )
+    x = jnp.zeros((1,) + tuple(summary["image_shape"]), jnp.float32)
+    return accounting.model_macs(net, x, method=lambda module, images: module(images, train=False))
 
 
 def row_name(summary: dict[str, Any]) -> str:
-  """The evidence folder name: `<model>_<csr>_<epochs>ep_<size>px`, unique per setting."""
-  epochs = summary['step'] * summary['batch_size'] / NUM_TRAIN
-  return (f"{summary['model']}_{report.csr_name(summary.get('csr')).replace(' ', '-')}_"
-          f"{epochs:.3g}ep_{summary['image_shape'][0]}px")
+    """The evidence folder name: `<model>_<csr>_<epochs>ep_<size>px`, unique per setting."""
+    epochs = summary["step"] * summary["batch_size"] / NUM_TRAIN
+    return (
+        f"{summary['model']}_{report.csr_name(summary.get('csr')).replace(' ', '-')}_"
+        f"{epochs:.3g}ep_{summary['image_shape'][0]}px"
+    )
 
 
 def load_rows(workdirs: Sequence[str]) -> list[Row]:
-  """Reads every finished run under `workdirs` and derives MACs and reductions."""
-  rows = []
-  for path in [p for w in workdirs for p in report.find_runs(w)]:
-    run = report.load_run(path)
-    if run.summary.get('dataset') != 'fashion_mnist':
-      raise ValueError(f"{path} is a {run.summary.get('dataset')!r} run, not fashion_mnist.")
-    rows.append(Row(row_name(run.summary), path, run.summary, run_record(path, run.summary)))
-  names = [r.name for r in rows]
-  dupes = sorted({n for n in names if names.count(n) > 1})
-  if dupes:
-    raise ValueError(f'Several runs of the same setting {dupes}; collect one of each.')
-  for row in rows:
-    row.macs = count_macs(row.summary)
-  for row in rows:
-    ordinary = [o for o in rows if o.summary['model'] == row.summary['model'] and
-                o.summary.get('csr') is None and o.image_size == row.image_size]
-    if ordinary:
-      row.reduction = 100.0 * (1.0 - row.summary['num_params'] / ordinary[0].summary['num_params'])
-  rows.sort(key=lambda r: (r.summary['model'], r.image_size, r.summary.get('csr') is not None,
-                           r.csr, r.epochs))
-  return rows
+    """Reads every finished run under `workdirs` and derives MACs and reductions."""
+    rows = []
+    for path in [p for w in workdirs for p in report.find_runs(w)]:
+        run = report.load_run(path)
+        if run.summary.get("dataset") != "fashion_mnist":
+            raise ValueError(f"{path} is a {run.summary.get('dataset')!r} run, not fashion_mnist.")
+        rows.append(Row(row_name(run.summary), path, run.summary, run_record(path, run.summary)))
+    names = [r.name for r in rows]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"Several runs of the same setting {dupes}; collect one of each.")
+    for row in rows:
+        row.macs = count_macs(row.summary)
+    for row in rows:
+        ordinary = [
+            o
+            for o in rows
+            if o.summary["model"] == row.summary["model"]
+            and o.summary.get("csr") is None
+            and o.image_size == row.image_size
+        ]
+        if ordinary:
+            row.reduction = 100.0 * (
+                1.0 - row.summary["num_params"] / ordinary[0].summary["num_params"]
+            )
+    rows.sort(
+        key=lambda r: (
+            r.summary["model"],
+            r.image_size,
+            r.summary.get("csr") is not None,
+            r.csr,
+            r.epochs,
+        )
+    )
+    return rows
 
 
 def copy_evidence(row: Row, results_dir: str) -> str:
-  """Copies the run's small files (and its run.json) to `<results_dir>/<row.name>/`."""
-  dest = os.path.join(results_dir, row.name)
-  os.makedirs(dest, exist_ok=True)
-  same_dir = os.path.realpath(dest) == os.path.realpath(row.workdir)
-  if not same_dir:
-    for name in EVIDENCE_FILES[:-1]:
-      src = os.path.join(row.workdir, name)
-      if os.path.isfile(src):
-        shutil.copyfile(src, os.path.join(dest, name))
-  record = dict(row.record)
-  record.setdefault('source_workdir', row.workdir)
-  with open(os.path.join(dest, RUN_RECORD), 'w', encoding='utf-8') as f:
-    json.dump(record, f, indent=2, sort_keys=True)
-  return dest
+    """Copies the run's small files (and its run.json) to `<results_dir>/<row.name>/`."""
+    dest = os.path.join(results_dir, row.name)
+    os.makedirs(dest, exist_ok=True)
+    same_dir = os.path.realpath(dest) == os.path.realpath(row.workdir)
+    if not same_dir:
+        for name in EVIDENCE_FILES[:-1]:
+            src = os.path.join(row.workdir, name)
+            if os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(dest, name))
+    record = dict(row.record)
+    record.setdefault("source_workdir", row.workdir)
+    with open(os.path.join(dest, RUN_RECORD), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    return dest
 
 
 def _pct(value: float | None) -> str:
-  return 'n/a' if value is None else f'{value:.1f}%'
+    return "n/a" if value is None else f"{value:.1f}%"
 
 
 def reduction_text(row: Row) -> str:
-  return 'baseline' if row.summary.get('csr') is None else _pct(row.reduction)
+    return "baseline" if row.summary.get("csr") is None else _pct(row.reduction)
 
 
 def accuracy_text(summary: dict[str, Any]) -> str:
-  """The accuracy, with the number of test images when the run did not use all 10,000."""
-  text = f"{summary['eval_accuracy']:.4f}"
-  if summary.get('eval_examples') != NUM_TEST:
-    text += f" ({summary.get('eval_examples')} test images)"
-  return text
+    """The accuracy, with the number of test images when the run did not use all 10,000."""
+    text = f"{summary['eval_accuracy']:.4f}"
+    if summary.get("eval_examples") != NUM_TEST:
+        text += f" ({summary.get('eval_examples')} test images)"
+    return text
 
 
 def _cell(text: str) -> str:
-  return str(text).replace('|', '\\|')
+    return str(text).replace("|", "\\|")
 
 
 def claim_lines(rows: Sequence[Row]) -> list[str]:
-  """Per CSR row with an ordinary partner at the same size and length: the target, met or not."""
-  lines = []
-  for row in rows:
-    if row.summary.get('csr') is None:
-      continue
-    partners = [o for o in rows if o.summary['model'] == row.summary['model'] and
-                o.summary.get('csr') is None and o.image_size == row.image_size and
-                o.summary['step'] == row.summary['step'] and
-                o.summary['batch_size'] == row.summary['batch_size']]
-    if not partners:
-      lines.append(f'- {row.summary["model"]} CSR {row.csr}: no ordinary run with the same '
-                   'input size and length in this table; no comparison.')
-      continue
-    base = partners[0]
-    delta = 100.0 * (row.summary['eval_accuracy'] - base.summary['eval_accuracy'])
-    met = delta >= -TARGET_POINTS and (row.reduction or 0.0) >= TARGET_REDUCTION
-    lines.append(
-        f'- {row.summary["model"]} CSR {row.csr} vs ordinary ({row.epochs:.2f} epochs, '
-        f'{row.image_size}x{row.image_size}): accuracy {delta:+.2f} points with '
-        f'{_pct(row.reduction)} fewer params -> target (within {TARGET_POINTS} points, '
-        f'>= {TARGET_REDUCTION:.0f}% fewer): **{"met" if met else "not met"}**.')
-  return lines
+    """Per CSR row with an ordinary partner at the same size and length: the target, met or not."""
+    lines = []
+    for row in rows:
+        if row.summary.get("csr") is None:
+            continue
+        partners = [
+            o
+            for o in rows
+            if o.summary["model"] == row.summary["model"]
+            and o.summary.get("csr") is None
+            and o.image_size == row.image_size
+            and o.summary["step"] == row.summary["step"]
+            and o.summary["batch_size"] == row.summary["batch_size"]
+        ]
+        if not partners:
+            lines.append(
+                f"- {row.summary['model']} CSR {row.csr}: no ordinary run with the same "
+                "input size and length in this table; no comparison."
+            )
+            continue
+        base = partners[0]
+        delta = 100.0 * (row.summary["eval_accuracy"] - base.summary["eval_accuracy"])
+        met = delta >= -TARGET_POINTS and (row.reduction or 0.0) >= TARGET_REDUCTION
+        lines.append(
+            f"- {row.summary['model']} CSR {row.csr} vs ordinary ({row.epochs:.2f} epochs, "
+            f"{row.image_size}x{row.image_size}): accuracy {delta:+.2f} points with "
+            f"{_pct(row.reduction)} fewer params -> target (within {TARGET_POINTS} points, "
+            f">= {TARGET_REDUCTION:.0f}% fewer): **{'met' if met else 'not met'}**."
+        )
+    return lines
 
 
 def gpu_commands(rows: Sequence[Row], epochs: float = 30.0) -> list[str]:
-  """The full-recipe runs this table lacks, as commands for a GPU machine."""
-  lines = []
-  for key, module in CONFIGS.items():
-    base = importlib.import_module(module).get_config()
-    have = [r for r in rows if r.summary['model'] == base.model and r.epochs >= epochs - 0.01]
-    if have:
-      continue
-    runs = f'{key}:none,{key}:{base.csr}'
-    lines.append(f'- {base.model} (ordinary and CSR `{base.csr}`, {epochs:g} epochs): not run '
-                 f'yet. `python -m experiments.fashion_table --runs {runs} --epochs {epochs:g} '
-                 f'--workdir_root /tmp/fashion_{key}`')
-  return lines
+    """The full-recipe runs this table lacks, as commands for a GPU machine."""
+    lines = []
+    for key, module in CONFIGS.items():
+        base = importlib.import_module(module).get_config()
+        have = [r for r in rows if r.summary["model"] == base.model and r.epochs >= epochs - 0.01]
+        if have:
+            continue
+        runs = f"{key}:none,{key}:{base.csr}"
+        lines.append(
+            f"- {base.model} (ordinary and CSR `{base.csr}`, {epochs:g} epochs): not run "
+            f"yet. `python -m experiments.fashion_table --runs {runs} --epochs {epochs:g} "
+            f"--workdir_root /tmp/fashion_{key}`"
+        )
+    return lines
 
 
-PLOT_NAME = 'accuracy_vs_params.png'
+PLOT_NAME = "accuracy_vs_params.png"
 
 
 def _published_params(text: str) -> float | None:
-  """'768K' -> 768e3, '26M' -> 26e6, '' -> None."""
-  if not text:
-    return None
-  scale = {'K': 1e3, 'M': 1e6}[text[-1]]
-  return float(text[:-1]) * scale
+    """'768K' -> 768e3, '26M' -> 26e6, '' -> None."""
+    if not text:
+        return None
+    scale = {"K": 1e3, "M": 1e6}[text[-1]]
+    return float(text[:-1]) * scale
 
 
 def plot_accuracy_vs_params(rows: Sequence[Row]):
-  """Test accuracy against parameter count (log scale): the parameter-accuracy trade-off.
+    """Test accuracy against parameter count (log scale): the parameter-accuracy trade-off.
 
-  One marker per run, labelled with its preset and length, so an ordinary network and its CSR
-  versions read as a curve from right (more parameters) to left. The published benchmark rows
-  with a known size are grey points, the others grey dashed lines: context from other recipes,
-  not a like-for-like comparison. Draws on a bare ``Figure`` (no pyplot state).
-  """
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  fig = Figure(figsize=(7.5, 4.8), layout='constrained')
-  ax = fig.add_subplot()
-  models = sorted({r.summary['model'] for r in rows})
-  colours = {m: f'C{i}' for i, m in enumerate(models)}
-  for model in models:
-    mine = sorted((r for r in rows if r.summary['model'] == model),
-                  key=lambda r: r.summary['num_params'])
-    xs = [r.summary['num_params'] for r in mine]
-    ys = [r.summary['eval_accuracy'] for r in mine]
-    ax.plot(xs, ys, '-o', color=colours[model], label=model, gid=f'runs:{model}')
-    for r, x, y in zip(mine, xs, ys):
-      ax.annotate(f'{r.csr}, {r.epochs:.3g} ep', (x, y), textcoords='offset points',
-                  xytext=(6, -12), fontsize=8, color=colours[model])
-  for name, params, acc in PUBLISHED:
-    size = _published_params(params)
-    value = float(acc.split('-')[-1])
-    if size is not None:
-      ax.plot([size], [value], 's', color='0.55', gid=f'published:{name}')
-      ax.annotate(f'{name} (published)', (size, value), textcoords='offset points',
-                  xytext=(6, 4), fontsize=8, color='0.4')
-    else:
-      ax.axhline(value, color='0.7', ls='--', lw=0.8, gid=f'published:{name}')
-      ax.annotate(f'{name} (published)', (0.01, value), xycoords=('axes fraction', 'data'),
-                  textcoords='offset points', xytext=(0, 2), fontsize=7, color='0.45')
-  ax.set_xscale('log')
-  ax.set_xlabel('parameters (log scale)')
-  ax.set_ylabel('test accuracy (10,000 images)')
-  ax.set_title('Fashion-MNIST: test accuracy vs parameters')
-  ax.grid(True, which='both', alpha=0.3)
-  ax.legend(loc='lower right', fontsize=8)
-  return fig
+    One marker per run, labelled with its preset and length, so an ordinary network and its CSR
+    versions read as a curve from right (more parameters) to left. The published benchmark rows
+    with a known size are grey points, the others grey dashed lines: context from other recipes,
+    not a like-for-like comparison. Draws on a bare ``Figure`` (no pyplot state).
+    """
+    from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.add_subplot()
+    models = sorted({r.summary["model"] for r in rows})
+    colours = {m: f"C{i}" for i, m in enumerate(models)}
+    for model in models:
+        mine = sorted(
+            (r for r in rows if r.summary["model"] == model), key=lambda r: r.summary["num_params"]
+        )
+        xs = [r.summary["num_params"] for r in mine]
+        ys = [r.summary["eval_accuracy"] for r in mine]
+        ax.plot(xs, ys, "-o", color=colours[model], label=model, gid=f"runs:{model}")
+        for r, x, y in zip(mine, xs, ys):
+            ax.annotate(
+                f"{r.csr}, {r.epochs:.3g} ep",
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize=8,
+                color=colours[model],
+            )
+    for name, params, acc in PUBLISHED:
+        size = _published_params(params)
+        value = float(acc.split("-")[-1])
+        if size is not None:
+            ax.plot([size], [value], "s", color="0.55", gid=f"published:{name}")
+            ax.annotate(
+                f"{name} (published)",
+                (size, value),
+                textcoords="offset points",
+                xytext=(6, 4),
+                fontsize=8,
+                color="0.4",
+            )
+        else:
+            ax.axhline(value, color="0.7", ls="--", lw=0.8, gid=f"published:{name}")
+            ax.annotate(
+                f"{name} (published)",
+                (0.01, value),
+                xycoords=("axes fraction", "data"),
+                textcoords="offset points",
+                xytext=(0, 2),
+                fontsize=7,
+                color="0.45",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("test accuracy (10,000 images)")
+    ax.set_title("Fashion-MNIST: test accuracy vs parameters")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
 
 
 def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
-  """The RESULTS.md text."""
-  rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(output)))
-  header = ('| model | CSR preset | params | reduction | MACs/image | test accuracy | epochs | '
-            'input | wall time | train images/s | machine | date | command |')
-  lines = [
-      '# Fashion-MNIST: ordinary vs CSR networks', '',
-      'Written by `python -m experiments.fashion_table`; every number below comes from the '
-      "run's `summary.json` (copied, with its exact command, to "
-      f'[`{rel}/`]({rel}/)). Test accuracy is on the full 10,000-image test set unless the cell '
-      'says otherwise; params are the '
-      "trained network's; reduction is relative to the ordinary run of the same model and input "
-      'size; MACs are counted per image from the architecture; images/s is training throughput '
-      'after compilation; wall time includes compilation and evaluation.', '',
-      header, '|' + '---|' * header.count(' | ') + '---|']
-  for r in rows:
-    s = r.summary
-    cmd = f'[{r.name}]({rel}/{r.name}/{RUN_RECORD})'
-    cells = [s['model'], r.csr, f"{s['num_params']:,}", reduction_text(r),
-             'n/a' if r.macs is None else f'{r.macs / 1e6:.1f}M', accuracy_text(s),
-             f'{r.epochs:.2f}', f'{r.image_size}x{r.image_size}',
-             f"{s['wall_time_s'] / 60:.1f} min",
-             'n/a' if s.get('images_per_sec') is None else f"{s['images_per_sec']:.1f}",
-             machine_text(r.record.get('machine')), r.record.get('finished_utc', 'not recorded'),
-             cmd]
-    lines.append('| ' + ' | '.join(_cell(c) for c in cells) + ' |')
-  lines += ['', f'![test accuracy vs parameters]({rel}/{PLOT_NAME})', '',
-            f'The plot (`{rel}/{PLOT_NAME}`) shows the rows above against their parameter '
-            'count, with the published benchmark below as grey context.']
-  lines += ['', '## Target: CSR within 0.5 accuracy points of ordinary with >= 40% fewer params', '']
-  lines += ['Each comparison is one run per network (the same seed, recipe and length); '
-            'differences of a few tenths of a point are within seed-to-seed noise.', '']
-  lines += claim_lines(rows) or ['- No CSR run in this table.']
-  lines += ['', '## Commands', '']
-  for r in rows:
-    lines.append(f'- `{r.name}`: `{r.record.get("command", "not recorded")}`')
-    if r.record.get('launched_by'):
-      lines.append(f'  (run by `{r.record["launched_by"]}`)')
-  missing = gpu_commands(rows)
-  if missing:
-    lines += ['', '## Not run here (needs a GPU)', '',
-              'The full 30-epoch recipe of these models takes hours per run on a few CPU cores; '
-              'on one GPU it takes minutes. After `sudo apt-get install dataset-fashion-mnist`:', '']
-    lines += missing
-  lines += ['', '## Published Fashion-MNIST benchmark (for context)', '',
-            'Test accuracy from the [Fashion-MNIST README benchmark]'
-            '(https://github.com/zalandoresearch/fashion-mnist#benchmark) (other recipes, '
-            'augmentation and training lengths than the rows above).', '',
-            '| model | params | test accuracy |', '|---|---:|---:|']
-  lines += [f'| {m} | {p or "n/a"} | {a} |' for m, p, a in PUBLISHED]
-  return '\n'.join(lines) + '\n'
+    """The RESULTS.md text."""
+    rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(output)))
+    header = (
+        "| model | CSR preset | params | reduction | MACs/image | test accuracy | epochs | "
+        "input | wall time | train images/s | machine | date | command |"
+    )
+    lines = [
+        "# Fashion-MNIST: ordinary vs CSR networks",
+        "",
+        "Written by `python -m experiments.fashion_table`; every number below comes from the "
+        "run's `summary.json` (copied, with its exact command, to "
+        f"[`{rel}/`]({rel}/)). Test accuracy is on the full 10,000-image test set unless the cell "
+        "says otherwise; params are the "
+        "trained network's; reduction is relative to the ordinary run of the same model and input "
+        "size; MACs are counted per image from the architecture; images/s is training throughput "
+        "after compilation; wall time includes compilation and evaluation.",
+        "",
+        header,
+        "|" + "---|" * header.count(" | ") + "---|",
+    ]
+    for r in rows:
+        s = r.summary
+        cmd = f"[{r.name}]({rel}/{r.name}/{RUN_RECORD})"
+        cells = [
+            s["model"],
+            r.csr,
+            f"{s['num_params']:,}",
+            reduction_text(r),
+            "n/a" if r.macs is None else f"{r.macs / 1e6:.1f}M",
+            accuracy_text(s),
+            f"{r.epochs:.2f}",
+            f"{r.image_size}x{r.image_size}",
+            f"{s['wall_time_s'] / 60:.1f} min",
+            "n/a" if s.get("images_per_sec") is None else f"{s['images_per_sec']:.1f}",
+            machine_text(r.record.get("machine")),
+            r.record.get("finished_utc", "not recorded"),
+            cmd,
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    lines += [
+        "",
+        f"![test accuracy vs parameters]({rel}/{PLOT_NAME})",
+        "",
+        f"The plot (`{rel}/{PLOT_NAME}`) shows the rows above against their parameter "
+        "count, with the published benchmark below as grey context.",
+    ]
+    lines += [
+        "",
+        "## Target: CSR within 0.5 accuracy points of ordinary with >= 40% fewer params",
+        "",
+    ]
+    lines += [
+        "Each comparison is one run per network (the same seed, recipe and length); "
+        "differences of a few tenths of a point are within seed-to-seed noise.",
+        "",
+    ]
+    lines += claim_lines(rows) or ["- No CSR run in this table."]
+    lines += ["", "## Commands", ""]
+    for r in rows:
+        lines.append(f"- `{r.name}`: `{r.record.get('command', 'not recorded')}`")
+        if r.record.get("launched_by"):
+            lines.append(f"  (run by `{r.record['launched_by']}`)")
+    missing = gpu_commands(rows)
+    if missing:
+        lines += [
+            "",
+            "## Not run here (needs a GPU)",
+            "",
+            "The full 30-epoch recipe of these models takes hours per run on a few CPU cores; "
+            "on one GPU it takes minutes. After `sudo apt-get install dataset-fashion-mnist`:",
+            "",
+        ]
+        lines += missing
+    lines += [
+        "",
+        "## Published Fashion-MNIST benchmark (for context)",
+        "",
+        "Test accuracy from the [Fashion-MNIST README benchmark]"
+        "(https://github.com/zalandoresearch/fashion-mnist#benchmark) (other recipes, "
+        "augmentation and training lengths than the rows above).",
+        "",
+        "| model | params | test accuracy |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {m} | {p or 'n/a'} | {a} |" for m, p, a in PUBLISHED]
+    return "\n".join(lines) + "\n"
 
 
-def train_runs(specs: Sequence[RunSpec], *, workdir_root: str, epochs: float | None,
-               num_train_steps: int | None, variant: str | None,
-               overrides: Sequence[tuple[str, Any]]) -> list[str]:
-  """Trains each spec in `<workdir_root>/<config>_<csr>` (resuming a finished or interrupted
-  run there) and writes its run.json; returns the workdirs."""
-  from csr_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
-  overrides = list(overrides)
-  if epochs is not None:
-    overrides.append(('num_epochs', float(epochs)))
-  if num_train_steps is not None:
-    overrides.append(('num_train_steps', int(num_train_steps)))
-  launched_by = shlex.join(['python', '-m', 'experiments.fashion_table'] + sys.argv[1:])
-  workdirs = []
-  for spec in specs:
-    workdir = os.path.join(workdir_root, spec.name)
-    config = build_config(spec, variant=variant, overrides=overrides)
-    command = train_command(spec, workdir, variant=variant, overrides=overrides)
-    print(f'== {spec.name}: {command}', flush=True)
-    summary = train_and_evaluate(config, workdir)
-    if summary.get('preempted'):
-      raise RuntimeError(f'{spec.name} was preempted: {summary["message"]}')
-    record = {'command': command, 'launched_by': launched_by, 'machine': machine_info(),
-              'finished_utc': _utc_now()}
-    with open(os.path.join(workdir, RUN_RECORD), 'w', encoding='utf-8') as f:
-      json.dump(record, f, indent=2, sort_keys=True)
-    workdirs.append(workdir)
-  return workdirs
+def train_runs(
+    specs: Sequence[RunSpec],
+    *,
+    workdir_root: str,
+    epochs: float | None,
+    num_train_steps: int | None,
+    variant: str | None,
+    overrides: Sequence[tuple[str, Any]],
+) -> list[str]:
+    """Trains each spec in `<workdir_root>/<config>_<csr>` (resuming a finished or interrupted
+    run there) and writes its run.json; returns the workdirs."""
+    from csr_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+
+    overrides = list(overrides)
+    if epochs is not None:
+        overrides.append(("num_epochs", float(epochs)))
+    if num_train_steps is not None:
+        overrides.append(("num_train_steps", int(num_train_steps)))
+    launched_by = shlex.join(["python", "-m", "experiments.fashion_table"] + sys.argv[1:])
+    workdirs = []
+    for spec in specs:
+        workdir = os.path.join(workdir_root, spec.name)
+        config = build_config(spec, variant=variant, overrides=overrides)
+        command = train_command(spec, workdir, variant=variant, overrides=overrides)
+        print(f"== {spec.name}: {command}", flush=True)
+        summary = train_and_evaluate(config, workdir)
+        if summary.get("preempted"):
+            raise RuntimeError(f"{spec.name} was preempted: {summary['message']}")
+        record = {
+            "command": command,
+            "launched_by": launched_by,
+            "machine": machine_info(),
+            "finished_utc": _utc_now(),
+        }
+        with open(os.path.join(workdir, RUN_RECORD), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+        workdirs.append(workdir)
+    return workdirs
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='python -m experiments.fashion_table',
-      description='Train Fashion-MNIST configs (or collect finished runs) and write the results '
-      'table with the published benchmark.')
-  what = parser.add_mutually_exclusive_group(required=True)
-  what.add_argument('--runs', help='runs to train, e.g. resnet20:none,resnet20:t2 '
-                    f'(configs: {", ".join(CONFIGS)}; csr: a preset of the model or none)')
-  what.add_argument('--collect', nargs='+', metavar='DIR',
-                    help='finished run workdirs (or directories of them) to tabulate')
-  parser.add_argument('--epochs', type=float, default=None,
-                      help='training epochs of every run (default: the config\'s, 30)')
-  parser.add_argument('--num_train_steps', type=int, default=None,
-                      help='train this many steps instead (smoke runs)')
-  parser.add_argument('--variant', default=None, choices=['runlocal'],
-                      help='config variant: runlocal is a few-step smoke run')
-  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
-                      help='override a config field of every run, e.g. --set image_size=28')
-  parser.add_argument('--workdir_root', default='/tmp/fashion_mnist_runs',
-                      help='where --runs trains (one subdirectory per run)')
-  parser.add_argument('--output', default=DEFAULT_OUTPUT, help='the Markdown table to write')
-  parser.add_argument('--results_dir', default=DEFAULT_RESULTS_DIR,
-                      help='where each run\'s summary.json, config, metrics and command are copied')
-  args = parser.parse_args(argv)
-  if args.collect and (args.epochs is not None or args.num_train_steps is not None or
-                       args.variant or args.set):
-    parser.error('--epochs/--num_train_steps/--variant/--set apply to --runs, not --collect.')
-  return args
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.fashion_table",
+        description="Train Fashion-MNIST configs (or collect finished runs) and write the results "
+        "table with the published benchmark.",
+    )
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--runs",
+        help="runs to train, e.g. resnet20:none,resnet20:t2 "
+        f"(configs: {', '.join(CONFIGS)}; csr: a preset of the model or none)",
+    )
+    what.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        help="finished run workdirs (or directories of them) to tabulate",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        help="training epochs of every run (default: the config's, 30)",
+    )
+    parser.add_argument(
+        "--num_train_steps",
+        type=int,
+        default=None,
+        help="train this many steps instead (smoke runs)",
+    )
+    parser.add_argument(
+        "--variant",
+        default=None,
+        choices=["runlocal"],
+        help="config variant: runlocal is a few-step smoke run",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field of every run, e.g. --set image_size=28",
+    )
+    parser.add_argument(
+        "--workdir_root",
+        default="/tmp/fashion_mnist_runs",
+        help="where --runs trains (one subdirectory per run)",
+    )
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="the Markdown table to write")
+    parser.add_argument(
+        "--results_dir",
+        default=DEFAULT_RESULTS_DIR,
+        help="where each run's summary.json, config, metrics and command are copied",
+    )
+    args = parser.parse_args(argv)
+    if args.collect and (
+        args.epochs is not None or args.num_train_steps is not None or args.variant or args.set
+    ):
+        parser.error("--epochs/--num_train_steps/--variant/--set apply to --runs, not --collect.")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  """Runs the command; returns the exit status (user errors are printed, not raised)."""
-  args = parse_args(argv)
-  from csr_jax.data import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
-  try:
-    if args.runs:
-      workdirs = train_runs(parse_runs(args.runs), workdir_root=args.workdir_root,
-                            epochs=args.epochs, num_train_steps=args.num_train_steps,
-                            variant=args.variant, overrides=[parse_override(s) for s in args.set])
-    else:
-      workdirs = args.collect
-    rows = load_rows(workdirs)
-    for row in rows:
-      copy_evidence(row, args.results_dir)
-    text = markdown(rows, args.results_dir, args.output)
-    os.makedirs(args.results_dir, exist_ok=True)
-    plot_accuracy_vs_params(rows).savefig(os.path.join(args.results_dir, PLOT_NAME), dpi=110)
-  except (OSError, ValueError, DatasetNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-  with open(args.output, 'w', encoding='utf-8') as f:
-    f.write(text)
-  print(text)
-  print(f'table: {os.path.abspath(args.output)}')
-  print(f'evidence: {os.path.abspath(args.results_dir)}')
-  return 0
+    """Runs the command; returns the exit status (user errors are printed, not raised)."""
+    args = parse_args(argv)
+    from csr_jax.data import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
+
+    try:
+        if args.runs:
+            workdirs = train_runs(
+                parse_runs(args.runs),
+                workdir_root=args.workdir_root,
+                epochs=args.epochs,
+                num_train_steps=args.num_train_steps,
+                variant=args.variant,
+                overrides=[parse_override(s) for s in args.set],
+            )
+        else:
+            workdirs = args.collect
+        rows = load_rows(workdirs)
+        for row in rows:
+            copy_evidence(row, args.results_dir)
+        text = markdown(rows, args.results_dir, args.output)
+        os.makedirs(args.results_dir, exist_ok=True)
+        plot_accuracy_vs_params(rows).savefig(os.path.join(args.results_dir, PLOT_NAME), dpi=110)
+    except (OSError, ValueError, DatasetNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    print(f"table: {os.path.abspath(args.output)}")
+    print(f"evidence: {os.path.abspath(args.results_dir)}")
+    return 0
 
 
-if __name__ == '__main__':
-  sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())

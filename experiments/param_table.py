@@ -77,7 +77,9 @@ def _eval_call(module, x):
 
 def _params(model, x) -> int:
     keys = {"params": jax.random.key(0), "dropout": jax.random.key(1)}
-    return accounting.count_params(jax.eval_shape(functools.partial(model.init, train=False), keys, x))
+    return accounting.count_params(
+        jax.eval_shape(functools.partial(model.init, train=False), keys, x)
+    )
 
 
 def model_rows(name: str, steps: Sequence[int] = STEPS, verify: bool = False) -> list[Row]:
@@ -102,19 +104,50 @@ def model_rows(name: str, steps: Sequence[int] = STEPS, verify: bool = False) ->
         predicted, macs = ordinary_params, ordinary_macs
         for site, t in replaced:
             r = report[site.path]
-            predicted += accounting.csr_conv_params(site.in_channels, site.out_channels, site.kernel_size, t,
-                                                    use_bias=site.use_bias, depthwise=site.depthwise) - r.params
-            macs += accounting.csr_conv_macs(site.in_channels, site.out_channels, site.kernel_size, t, r.out_hw,
-                                             depthwise=site.depthwise) - r.macs
+            predicted += (
+                accounting.csr_conv_params(
+                    site.in_channels,
+                    site.out_channels,
+                    site.kernel_size,
+                    t,
+                    use_bias=site.use_bias,
+                    depthwise=site.depthwise,
+                )
+                - r.params
+            )
+            macs += (
+                accounting.csr_conv_macs(
+                    site.in_channels,
+                    site.out_channels,
+                    site.kernel_size,
+                    t,
+                    r.out_hw,
+                    depthwise=site.depthwise,
+                )
+                - r.macs
+            )
         model = models.create(name, num_classes=classes, csr=preset)  # also checks the policy fits
         if verify and replaced:
             built = _params(model, x)
             if built != predicted:
-                raise RuntimeError(f"{name} {preset}: the built CSR network has {built:,} parameters, the closed "
-                                   f"form predicts {predicted:,}; accounting and layers disagree.")
+                raise RuntimeError(
+                    f"{name} {preset}: the built CSR network has {built:,} parameters, the closed "
+                    f"form predicts {predicted:,}; accounting and layers disagree."
+                )
         used = sorted({t for _, t in replaced}) or [1]
-        rows.append(Row(name, preset, ", ".join(map(str, used)), len(replaced), len(sites), ordinary_params,
-                        predicted, ordinary_macs, macs))
+        rows.append(
+            Row(
+                name,
+                preset,
+                ", ".join(map(str, used)),
+                len(replaced),
+                len(sites),
+                ordinary_params,
+                predicted,
+                ordinary_macs,
+                macs,
+            )
+        )
     return rows
 
 
@@ -124,6 +157,7 @@ def _millions(n: int) -> str:
 
 def table_order(names: Sequence[str]) -> list[str]:
     """CIFAR nets first, then ImageNet nets; within each, by family and depth (resnet20 before resnet110)."""
+
     def key(name: str):
         base, depth = re.match(r"(\D*)(\d*)", name).groups()
         return (models.default_input_shape(name)[0], base, int(depth) if depth else 0, name)
@@ -142,7 +176,8 @@ def to_markdown(rows: Sequence[Row]) -> str:
         lines.append(
             f"| {r.model} | {r.preset} | {r.steps} | {r.csr_layers}/{r.conv_layers} | {r.ordinary_params:,} | "
             f"{r.csr_params:,} | {r.reduction:.1f}% | {_millions(r.ordinary_macs)} | {_millions(r.csr_macs)} | "
-            f"{r.macs_change:+.1f}% |")
+            f"{r.macs_change:+.1f}% |"
+        )
     lines += [
         "",
         "Parameters: the `params` collection (BatchNorm scale and bias included, running statistics not). "
@@ -166,11 +201,37 @@ def to_markdown(rows: Sequence[Row]) -> str:
 def to_csv(rows: Sequence[Row]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["model", "preset", "T", "csr_convs", "convs", "ordinary_params", "csr_params",
-                     "params_reduction_pct", "ordinary_macs", "csr_macs", "macs_change_pct"])
+    writer.writerow(
+        [
+            "model",
+            "preset",
+            "T",
+            "csr_convs",
+            "convs",
+            "ordinary_params",
+            "csr_params",
+            "params_reduction_pct",
+            "ordinary_macs",
+            "csr_macs",
+            "macs_change_pct",
+        ]
+    )
     for r in rows:
-        writer.writerow([r.model, r.preset, r.steps, r.csr_layers, r.conv_layers, r.ordinary_params, r.csr_params,
-                         f"{r.reduction:.2f}", r.ordinary_macs, r.csr_macs, f"{r.macs_change:.2f}"])
+        writer.writerow(
+            [
+                r.model,
+                r.preset,
+                r.steps,
+                r.csr_layers,
+                r.conv_layers,
+                r.ordinary_params,
+                r.csr_params,
+                f"{r.reduction:.2f}",
+                r.ordinary_macs,
+                r.csr_macs,
+                f"{r.macs_change:.2f}",
+            ]
+        )
     return out.getvalue()
 
 
@@ -182,24 +243,41 @@ def replace_block(text: str, block: str) -> str:
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise ValueError(
             f"Expected exactly one line {START_MARKER!r} followed by one line {END_MARKER!r}; found "
-            f"{len(starts)} start and {len(ends)} end marker(s). Add the two marker lines where the table goes.")
+            f"{len(starts)} start and {len(ends)} end marker(s). Add the two marker lines where the table goes."
+        )
     body = block if block.endswith("\n") else block + "\n"
-    return "".join(lines[: starts[0] + 1]) + "\n" + body + "\n" + "".join(lines[ends[0]:])
+    return "".join(lines[: starts[0] + 1]) + "\n" + body + "\n" + "".join(lines[ends[0] :])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.param_table", description=__doc__.split("\n")[0])
-    parser.add_argument("--models", default=None,
-                        help=f"comma-separated subset of: {', '.join(models.list_models())} (default: all)")
-    parser.add_argument("--out-dir", default=DEFAULT_OUT_DIR, help="where param_table.md and .csv go")
-    parser.add_argument("--verify", action="store_true",
-                        help="also build every CSR network and check its parameter count (about a minute)")
-    parser.add_argument("--readme", default=None,
-                        help=f"a Markdown file whose block between {START_MARKER} and {END_MARKER} is replaced")
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.param_table", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help=f"comma-separated subset of: {', '.join(models.list_models())} (default: all)",
+    )
+    parser.add_argument(
+        "--out-dir", default=DEFAULT_OUT_DIR, help="where param_table.md and .csv go"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="also build every CSR network and check its parameter count (about a minute)",
+    )
+    parser.add_argument(
+        "--readme",
+        default=None,
+        help=f"a Markdown file whose block between {START_MARKER} and {END_MARKER} is replaced",
+    )
     args = parser.parse_args(argv)
 
-    names = (table_order(models.list_models()) if args.models is None
-             else [n.strip() for n in args.models.split(",") if n.strip()])
+    names = (
+        table_order(models.list_models())
+        if args.models is None
+        else [n.strip() for n in args.models.split(",") if n.strip()]
+    )
     unknown = [n for n in names if n not in models.list_models()]
     if unknown or not names:
         parser.error(f"unknown model(s) {unknown}; valid: {', '.join(models.list_models())}")
@@ -223,9 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if readme_text is not None:
         with open(args.readme, "w", encoding="utf-8") as f:
             f.write(replace_block(readme_text, markdown))
-    print(f"Wrote {args.out_dir}/param_table.{{md,csv}}"
-          + (f" and the table in {args.readme}" if readme_text is not None else "")
-          + f" ({len(rows)} rows, {time.time() - start:.0f} s).", file=sys.stderr)
+    print(
+        f"Wrote {args.out_dir}/param_table.{{md,csv}}"
+        + (f" and the table in {args.readme}" if readme_text is not None else "")
+        + f" ({len(rows)} rows, {time.time() - start:.0f} s).",
+        file=sys.stderr,
+    )
     return 0
 
 

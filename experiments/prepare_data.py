@@ -40,8 +40,9 @@ IMAGENET_ARCHIVES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 def default_data_dir() -> str:
     """tfds's default data directory, the one training uses when ``data_dir`` is not set."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                           "tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets"
+    )
 
 
 def imagenet_layout(manual_dir: str) -> str:
@@ -54,7 +55,8 @@ def imagenet_layout(manual_dir: str) -> str:
         f"       {manual_dir}/ILSVRC2012_img_train.tar\n"
         f"       {manual_dir}/ILSVRC2012_img_val.tar\n"
         "     (or pass --manual_dir DIR where they already are);\n"
-        "  3. run this command again. Preparing takes hours and ~150 GB of free disk.")
+        "  3. run this command again. Preparing takes hours and ~150 GB of free disk."
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,14 +64,21 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m experiments.prepare_data",
         description="Prepare a tensorflow-datasets dataset (array_record) for training.",
         epilog=imagenet_layout("<data_dir>/downloads/manual"),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("name", help=f"one of: {', '.join(TFDS_DATASETS)}")
-    parser.add_argument("--data_dir", default=None,
-                        help="where to write the dataset (default: $TFDS_DATA_DIR or "
-                        "~/tensorflow_datasets); pass the same as --config.data_dir")
-    parser.add_argument("--manual_dir", default=None,
-                        help="imagenet2012 only: directory with the two ILSVRC2012 tar files "
-                        "(default: <data_dir>/downloads/manual)")
+    parser.add_argument(
+        "--data_dir",
+        default=None,
+        help="where to write the dataset (default: $TFDS_DATA_DIR or "
+        "~/tensorflow_datasets); pass the same as --config.data_dir",
+    )
+    parser.add_argument(
+        "--manual_dir",
+        default=None,
+        help="imagenet2012 only: directory with the two ILSVRC2012 tar files "
+        "(default: <data_dir>/downloads/manual)",
+    )
     return parser
 
 
@@ -80,26 +89,35 @@ def main(argv: list[str] | None = None) -> int:
         print(NO_PREPARATION[name])
         return 0
     if name not in TFDS_DATASETS:
-        print(f"error: unknown dataset {name!r}; this command prepares: "
-              f"{', '.join(TFDS_DATASETS)}", file=sys.stderr)
+        print(
+            f"error: unknown dataset {name!r}; this command prepares: {', '.join(TFDS_DATASETS)}",
+            file=sys.stderr,
+        )
         return 2
     data_dir = os.path.abspath(os.path.expanduser(args.data_dir or default_data_dir()))
 
     if name == "imagenet2012":
-        manual_dir = os.path.abspath(os.path.expanduser(
-            args.manual_dir or os.path.join(data_dir, "downloads", "manual")))
+        manual_dir = os.path.abspath(
+            os.path.expanduser(args.manual_dir or os.path.join(data_dir, "downloads", "manual"))
+        )
         missing = [f for f in IMAGENET_ARCHIVES if not os.path.isfile(os.path.join(manual_dir, f))]
         if missing:
-            print(f"error: missing {', '.join(missing)} in {manual_dir}.\n"
-                  f"{imagenet_layout(manual_dir)}", file=sys.stderr)
+            print(
+                f"error: missing {', '.join(missing)} in {manual_dir}.\n"
+                f"{imagenet_layout(manual_dir)}",
+                file=sys.stderr,
+            )
             return 2
     else:
         manual_dir = None
 
     if importlib.util.find_spec("tensorflow") is None:
-        print(f"error: preparing {name} needs TensorFlow, which is not installed. Install it where "
-              "you prepare data with `pip install -e '.[prepare]'` (tensorflow-cpu), then run this "
-              "again. Training afterwards does not need TensorFlow.", file=sys.stderr)
+        print(
+            f"error: preparing {name} needs TensorFlow, which is not installed. Install it where "
+            "you prepare data with `pip install -e '.[prepare]'` (tensorflow-cpu), then run this "
+            "again. Training afterwards does not need TensorFlow.",
+            file=sys.stderr,
+        )
         return 2
 
     import tensorflow_datasets as tfds
@@ -109,14 +127,20 @@ def main(argv: list[str] | None = None) -> int:
         builder = tfds.builder(name, data_dir=data_dir)
         builder.download_and_prepare(
             file_format="array_record",
-            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        )
     except Exception as e:  # Report every failure the same way: what failed and what to check.
-        print(f"error: preparing {name} failed: {type(e).__name__}: {e}\n"
-              "Check the network connection (tfds downloads the source files) and the free disk "
-              f"space in {data_dir}.", file=sys.stderr)
+        print(
+            f"error: preparing {name} failed: {type(e).__name__}: {e}\n"
+            "Check the network connection (tfds downloads the source files) and the free disk "
+            f"space in {data_dir}.",
+            file=sys.stderr,
+        )
         return 1
-    print(f"Done: {name} is in {builder.data_dir}.\n"
-          f"Train with --config.dataset={name} --config.data_dir={data_dir}")
+    print(
+        f"Done: {name} is in {builder.data_dir}.\n"
+        f"Train with --config.dataset={name} --config.data_dir={data_dir}"
+    )
     return 0
 
 

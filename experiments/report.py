@@ -29,12 +29,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Learning curves (PNG) and a summary table (Markdown) of finished training runs.",
     )
     parser.add_argument(
-        "--workdir", action="append", required=True, metavar="DIR",
+        "--workdir",
+        action="append",
+        required=True,
+        metavar="DIR",
         help="a run's workdir, or a directory of run workdirs; repeat for several",
     )
-    parser.add_argument("--out", metavar="OUT_DIR", default=None,
-                        help="where report.png and report.md go (default: the first --workdir)")
-    parser.add_argument("--name", default="report", help="file name stem of the outputs (default: report)")
+    parser.add_argument(
+        "--out",
+        metavar="OUT_DIR",
+        default=None,
+        help="where report.png and report.md go (default: the first --workdir)",
+    )
+    parser.add_argument(
+        "--name", default="report", help="file name stem of the outputs (default: report)"
+    )
     return parser.parse_args(argv)
 
 

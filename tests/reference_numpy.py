@@ -27,7 +27,9 @@ def conv2d(x, w, stride, pads, groups=1):
         ws = w[..., g * cout_g : (g + 1) * cout_g]
         for i in range(kh):
             for j in range(kw):
-                patch = xs[:, i : i + stride[0] * ho : stride[0], j : j + stride[1] * wo : stride[1], :]
+                patch = xs[
+                    :, i : i + stride[0] * ho : stride[0], j : j + stride[1] * wo : stride[1], :
+                ]
                 out[..., g * cout_g : (g + 1) * cout_g] += patch @ ws[i, j]
     return out
 
@@ -70,7 +72,16 @@ def csr_conv(x, params, *, features, kernel_size, steps, stride, padding, depthw
             bV = np.asarray(params.get("hidden_bias", np.zeros(g_out)), np.float64)
             alpha = float(params["alpha"])
             beta = float(params["beta"])
-            r = conv2d(h_prev, V, (1, 1), (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2), g_out if depthwise else 1) + bV
+            r = (
+                conv2d(
+                    h_prev,
+                    V,
+                    (1, 1),
+                    (((kh - 1) // 2,) * 2, ((kw - 1) // 2,) * 2),
+                    g_out if depthwise else 1,
+                )
+                + bV
+            )
             # the reference's own form: alpha*relu(a+r) - beta*r + r
             h_t = alpha * np.maximum(a + r, 0.0) - beta * r + r
         hs.append(h_t)

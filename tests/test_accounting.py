@@ -17,15 +17,24 @@ from csr_jax import CSRConv, accounting
     "c_in,c_out,k,T,bias,depthwise",
     [
         (c_in, c_out, k, T, bias, False)
-        for c_in, c_out, k, T, bias in itertools.product((7, 16, 33), (5, 24), (1, 3), (1, 2, 3, 4), (False, True))
+        for c_in, c_out, k, T, bias in itertools.product(
+            (7, 16, 33), (5, 24), (1, 3), (1, 2, 3, 4), (False, True)
+        )
         if T <= min(c_in, c_out)
     ]
-    + [(c, c, 3, T, bias, True) for c, T, bias in itertools.product((8, 15), (1, 2, 3), (False, True))],
+    + [
+        (c, c, 3, T, bias, True)
+        for c, T, bias in itertools.product((8, 15), (1, 2, 3), (False, True))
+    ],
 )
 def test_param_closed_form_matches_layer(c_in, c_out, k, T, bias, depthwise):
     layer = CSRConv(c_out, k, T, use_bias=bias, depthwise=depthwise)
-    shapes = jax.eval_shape(layer.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, c_in), jnp.float32))
-    assert accounting.count_params(shapes) == accounting.csr_conv_params(c_in, c_out, k, T, use_bias=bias, depthwise=depthwise)
+    shapes = jax.eval_shape(
+        layer.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 8, 8, c_in), jnp.float32)
+    )
+    assert accounting.count_params(shapes) == accounting.csr_conv_params(
+        c_in, c_out, k, T, use_bias=bias, depthwise=depthwise
+    )
 
 
 def test_param_formula_values_from_spec():
@@ -75,7 +84,9 @@ def test_reduction_scales_as_one_over_t_squared():
     c_in, c_out, k = 512, 512, 3
     scaled = []
     for T in (2, 4, 8, 16, 32, 64):
-        ratio = accounting.csr_conv_params(c_in, c_out, k, T) / accounting.conv_params(c_in, c_out, k)
+        ratio = accounting.csr_conv_params(c_in, c_out, k, T) / accounting.conv_params(
+            c_in, c_out, k
+        )
         scaled.append(ratio * T * T)
     assert np.allclose(scaled, 2.0, rtol=1e-2), scaled
     ratios = [accounting.csr_conv_params(c_in, c_out, k, T) for T in (1, 2, 4, 8)]

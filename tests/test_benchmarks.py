@@ -23,8 +23,15 @@ def test_model_bench_tiny_rows(tmp_path, capsys):
     out = tmp_path / "rows.jsonl"
     cases = model_bench.select_cases("tiny", None)
     # The shipped layer file doubles as the "earlier version" that --baseline-layer loads.
-    rows = model_bench.run(cases, ["ordinary", "csr", "csr-baseline"], repeats=2, target_s=0.0, isolate=False,
-                           json_path=str(out), baseline_layer=str(REPO / "csr_jax" / "csr_conv.py"))
+    rows = model_bench.run(
+        cases,
+        ["ordinary", "csr", "csr-baseline"],
+        repeats=2,
+        target_s=0.0,
+        isolate=False,
+        json_path=str(out),
+        baseline_layer=str(REPO / "csr_jax" / "csr_conv.py"),
+    )
     written = [json.loads(line) for line in out.read_text().splitlines()]
     assert written == rows and [r["variant"] for r in rows] == ["ordinary", "csr", "csr-baseline"]
     for row in rows:
@@ -37,7 +44,10 @@ def test_model_bench_tiny_rows(tmp_path, capsys):
     # The CSR network has fewer weights (expand T=3, project T=4), as the preset promises; the
     # baseline layer builds the same architecture.
     assert csr["params"] < ordinary["params"]
-    assert (baseline["params"], baseline["macs_per_image"]) == (csr["params"], csr["macs_per_image"])
+    assert (baseline["params"], baseline["macs_per_image"]) == (
+        csr["params"],
+        csr["macs_per_image"],
+    )
     table = model_bench.format_table(rows)
     ratio = csr["images_per_s"] / ordinary["images_per_s"]
     assert f"| {ratio:.2f} |" in table and "memory_analysis" in table
@@ -48,11 +58,25 @@ def test_model_bench_tiny_rows(tmp_path, capsys):
 
 def test_model_table_ratios_and_errors():
     def row(variant, ips, mem, macs, **extra):
-        return dict(case="c", title="Net", variant=variant, images_per_s=ips, macs_per_image=macs,
-                    memory={"planned_bytes": mem}, memory_source="memory_analysis", compile_s=1.0, **extra)
+        return dict(
+            case="c",
+            title="Net",
+            variant=variant,
+            images_per_s=ips,
+            macs_per_image=macs,
+            memory={"planned_bytes": mem},
+            memory_source="memory_analysis",
+            compile_s=1.0,
+            **extra,
+        )
 
-    table = model_bench.format_table([row("ordinary", 200.0, 2**30, 100), row("csr", 150.0, 3 * 2**29, 120),
-                                      {"case": "d", "title": "Other", "variant": "csr", "error": "timed out"}])
+    table = model_bench.format_table(
+        [
+            row("ordinary", 200.0, 2**30, 100),
+            row("csr", 150.0, 3 * 2**29, 120),
+            {"case": "d", "title": "Other", "variant": "csr", "error": "timed out"},
+        ]
+    )
     assert "| Net | csr | 200 | 150 | 0.75 | 1.20 | 0.90 | 1,024 / 1,536 | 1.50 |" in table
     assert "| Other | csr |" in table and "timed out" in table
 
@@ -77,7 +101,14 @@ def test_train_step_imports_without_the_training_loop_dependencies():
         "assert callable(steps.make_train_step) and callable(state.create_train_state)\n"
         "print('ok')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -92,7 +123,9 @@ def test_layer_bench_tiny_row():
     table = layer_bench.format_table([row]).splitlines()
     assert table[0].count("|") == table[1].count("|") == table[2].count("|") == 12
     assert table[2].startswith("| tiny 3x3 | 8x8 | 2 |")
-    with_baseline = layer_bench.format_table([dict(row, baseline_ms=2 * row["csr_ms"], baseline_over_csr=2.0)])
+    with_baseline = layer_bench.format_table(
+        [dict(row, baseline_ms=2 * row["csr_ms"], baseline_over_csr=2.0)]
+    )
     assert with_baseline.splitlines()[2].endswith(f"| {2 * row['csr_ms']:.1f} | 2.00 |")
 
 
@@ -102,7 +135,9 @@ def test_naive_layer_equals_csrconv(c_in, c_out, k, T):
     variables = CSRConv(c_out, k, T).init(jax.random.key(1), x)
     # Move alpha and beta off 0.5, where alpha*relu - beta*r + r would hide a swapped role.
     variables = jax.tree_util.tree_map_with_path(
-        lambda path, v: jnp.asarray({"alpha": 0.8, "beta": -0.3}.get(path[-1].key, v), v.dtype), variables)
+        lambda path, v: jnp.asarray({"alpha": 0.8, "beta": -0.3}.get(path[-1].key, v), v.dtype),
+        variables,
+    )
     y_csr = jax.jit(CSRConv(c_out, k, T).apply)(variables, x)
     y_naive = jax.jit(layer_bench.NaiveCSRConv(c_out, k, T).apply)(variables, x)
     np.testing.assert_allclose(np.asarray(y_naive), np.asarray(y_csr), rtol=1e-5, atol=1e-5)
@@ -112,4 +147,6 @@ def test_layer_bench_select_runs_cases_at_another_steps_and_size():
     cases = layer_bench.select(layer_bench.CASES, ["resnet56"], 8, steps=16)
     assert cases == [("resnet56 3x3 64->64 T=16", 64, 64, 3, 16, 8)]
     assert layer_bench.select(layer_bench.CASES, ["project"], None, steps=2) == [
-        ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 32), ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 8)]
+        ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 32),
+        ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 8),
+    ]

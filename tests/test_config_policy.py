@@ -15,8 +15,11 @@ from csr_jax.train.run_config import config_record, csr_setting, model_overrides
 from experiments.configs import digits
 
 # Blocks 1..3 stay ordinary, every other 3x3 block conv becomes CSR with T = 3.
-POLICY = CSRPolicy(rules=(Rule(1, blocks=(1, 3)), Rule(3, roles=("conv3x3",), min_channels=3)),
-                   name="late_t3", description="CSR from block 4 on")
+POLICY = CSRPolicy(
+    rules=(Rule(1, blocks=(1, 3)), Rule(3, roles=("conv3x3",), min_channels=3)),
+    name="late_t3",
+    description="CSR from block 4 on",
+)
 
 
 def _config(csr: str):
@@ -28,8 +31,14 @@ def _config(csr: str):
 def _build(config, csr):
     """What train_and_evaluate does before touching the workdir: the model, then its one trace."""
     info = data_lib.get_info(config.dataset, image_size=config.image_size)
-    model = models.create(config.model, num_classes=info.num_classes, csr=csr, dtype=jnp.float32,
-                          check=False, **model_overrides(config))
+    model = models.create(
+        config.model,
+        num_classes=info.num_classes,
+        csr=csr,
+        dtype=jnp.float32,
+        check=False,
+        **model_overrides(config),
+    )
     return info, model, models.abstract_init(model, tuple(info.image_shape), name=config.model)
 
 
@@ -59,6 +68,8 @@ def test_bad_policy_text_in_a_config_is_a_config_error(tmp_path):
         csr_setting(_config(str(tmp_path / "missing.json")))
     with pytest.raises(ConfigError, match="Unknown rule field"):
         csr_setting(_config('{"rules": [{"steps": 2, "role": ["conv3x3"]}]}'))
-    config = _config('{"rules": [{"steps": 2, "roles": ["transition"]}]}')  # no such role in ResNet-20
+    config = _config(
+        '{"rules": [{"steps": 2, "roles": ["transition"]}]}'
+    )  # no such role in ResNet-20
     with pytest.raises(PolicyError, match="match no conv"):
         _build(config, csr_setting(config))

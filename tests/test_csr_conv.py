@@ -46,13 +46,21 @@ CASES = [
 def test_matches_numpy_reference(c_in, c_out, k, T, stride, padding, bias, depthwise, hw):
     rng = np.random.default_rng(c_in * 100 + c_out * 10 + T)
     x = rng.normal(size=(2, hw, hw + 1, c_in)).astype(np.float32)
-    layer = CSRConv(c_out, k, T, strides=stride, padding=padding, use_bias=bias, depthwise=depthwise)
+    layer = CSRConv(
+        c_out, k, T, strides=stride, padding=padding, use_bias=bias, depthwise=depthwise
+    )
     variables = layer.init(jax.random.key(1), x)
     variables = _randomise_scalars(variables, rng)
     y = np.asarray(layer.apply(variables, x))
     expected = numpy_csr_conv(
-        x, flat_params(variables), features=c_out, kernel_size=(k, k), steps=T,
-        stride=(stride, stride), padding=padding, depthwise=depthwise,
+        x,
+        flat_params(variables),
+        features=c_out,
+        kernel_size=(k, k),
+        steps=T,
+        stride=(stride, stride),
+        padding=padding,
+        depthwise=depthwise,
     )
     assert y.shape == expected.shape
     np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
@@ -61,7 +69,10 @@ def test_matches_numpy_reference(c_in, c_out, k, T, stride, padding, bias, depth
 def test_parameter_names_and_shapes():
     layer = CSRConv(13, 3, 4, use_bias=True)
     params = layer.init(jax.random.key(0), jnp.zeros((1, 6, 6, 10)))["params"]
-    flat = {"/".join(k.key for k in path): leaf.shape for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
+    flat = {
+        "/".join(k.key for k in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
     names = sorted(p.split("/")[-1] for p in flat)
     assert names == ["alpha", "beta", "hidden_bias", "hidden_kernel", "input_bias", "input_kernel"]
     shapes = {p.split("/")[-1]: s for p, s in flat.items()}
@@ -86,7 +97,10 @@ def test_alpha_beta_initialised_to_half_and_reference_init_bounds():
     assert np.abs(np.asarray(params["input_bias"])).max() <= bound + 1e-7
 
 
-@pytest.mark.parametrize("padding,stride,bias", [("SAME", 1, True), (1, 2, False), ("VALID", 1, True), (((1, 0), (0, 1)), 1, False)])
+@pytest.mark.parametrize(
+    "padding,stride,bias",
+    [("SAME", 1, True), (1, 2, False), ("VALID", 1, True), (((1, 0), (0, 1)), 1, False)],
+)
 def test_steps_one_is_exactly_nn_conv(padding, stride, bias):
     x = jax.random.normal(jax.random.key(0), (2, 7, 7, 5))
     layer = CSRConv(6, 3, 1, strides=stride, padding=padding, use_bias=bias)
@@ -97,7 +111,9 @@ def test_steps_one_is_exactly_nn_conv(padding, stride, bias):
     conv_params = {"kernel": params["input_kernel"]}
     if bias:
         conv_params["bias"] = params["input_bias"]
-    np.testing.assert_allclose(layer.apply(variables, x), conv.apply({"params": conv_params}, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        layer.apply(variables, x), conv.apply({"params": conv_params}, x), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_gradients_match_finite_differences_in_float64():
@@ -131,11 +147,15 @@ def test_bfloat16_compute_keeps_float32_params_and_stays_close():
     f32 = CSRConv(24, 3, 3, use_bias=True)
     bf16 = CSRConv(24, 3, 3, use_bias=True, dtype=jnp.bfloat16)
     variables = f32.init(jax.random.key(1), x)
-    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(bf16.init(jax.random.key(1), x)))
+    assert all(
+        p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(bf16.init(jax.random.key(1), x))
+    )
     y32 = f32.apply(variables, x)
     y16 = bf16.apply(variables, x)
     assert y16.dtype == jnp.bfloat16
-    err = np.abs(np.asarray(y16, np.float32) - np.asarray(y32)).max() / np.abs(np.asarray(y32)).max()
+    err = (
+        np.abs(np.asarray(y16, np.float32) - np.asarray(y32)).max() / np.abs(np.asarray(y32)).max()
+    )
     assert err < 3e-2
 
 
@@ -144,7 +164,12 @@ def test_unroll_does_not_change_the_result():
     base = CSRConv(9, 3, 4)
     variables = base.init(jax.random.key(1), x)
     for unroll in (2, 3, 10):
-        np.testing.assert_allclose(CSRConv(9, 3, 4, unroll=unroll).apply(variables, x), base.apply(variables, x), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(
+            CSRConv(9, 3, 4, unroll=unroll).apply(variables, x),
+            base.apply(variables, x),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 @pytest.mark.parametrize(
@@ -153,14 +178,38 @@ def test_unroll_does_not_change_the_result():
         (dict(features=8, kernel_size=3, steps=0), (1, 4, 4, 8), "steps must be an int >= 1"),
         (dict(features=8, kernel_size=3, steps=5), (1, 4, 4, 4), "exceeds the input channels"),
         (dict(features=3, kernel_size=3, steps=4), (1, 4, 4, 8), "exceeds features"),
-        (dict(features=6, kernel_size=3, steps=2, depthwise=True), (1, 4, 4, 8), "depthwise=True needs as many input as output"),
+        (
+            dict(features=6, kernel_size=3, steps=2, depthwise=True),
+            (1, 4, 4, 8),
+            "depthwise=True needs as many input as output",
+        ),
         (dict(features=8, kernel_size=3, steps=2), (4, 4, 8), "rank 4"),
         (dict(features=8, kernel_size=3, steps=2), (1, 1, 4, 4, 8), "rank 4"),
-        (dict(features=8, kernel_size=3, steps=2, padding="CIRCULAR"), (1, 4, 4, 8), "padding 'CIRCULAR' is not supported"),
-        (dict(features=8, kernel_size=3, steps=2, padding=(1, 2, 3)), (1, 4, 4, 8), "invalid padding"),
-        (dict(features=8, kernel_size=3, steps=2, padding=-1), (1, 4, 4, 8), "padding must be >= 0"),
-        (dict(features=8, kernel_size=3, steps=2, strides=0), (1, 4, 4, 8), "strides must be a positive int"),
-        (dict(features=8, kernel_size=3, steps=2, strides=(1, 2, 2)), (1, 4, 4, 8), "strides must be a positive int"),
+        (
+            dict(features=8, kernel_size=3, steps=2, padding="CIRCULAR"),
+            (1, 4, 4, 8),
+            "padding 'CIRCULAR' is not supported",
+        ),
+        (
+            dict(features=8, kernel_size=3, steps=2, padding=(1, 2, 3)),
+            (1, 4, 4, 8),
+            "invalid padding",
+        ),
+        (
+            dict(features=8, kernel_size=3, steps=2, padding=-1),
+            (1, 4, 4, 8),
+            "padding must be >= 0",
+        ),
+        (
+            dict(features=8, kernel_size=3, steps=2, strides=0),
+            (1, 4, 4, 8),
+            "strides must be a positive int",
+        ),
+        (
+            dict(features=8, kernel_size=3, steps=2, strides=(1, 2, 2)),
+            (1, 4, 4, 8),
+            "strides must be a positive int",
+        ),
         (dict(features=8, kernel_size=(2, 2), steps=2), (1, 4, 4, 8), "even side"),
         (dict(features=8, kernel_size=3, steps=2, unroll=0), (1, 4, 4, 8), "unroll must be"),
     ],

@@ -28,8 +28,13 @@ def _perturb(variables, seed):
     """Moves alpha/beta off their 0.5 init so a mix-up of the two would show."""
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.asarray(rng.uniform(-1.0, 1.5), leaf.dtype)
-        if path[-1].key in ("alpha", "beta") else leaf, variables)
+        lambda path, leaf: (
+            jnp.asarray(rng.uniform(-1.0, 1.5), leaf.dtype)
+            if path[-1].key in ("alpha", "beta")
+            else leaf
+        ),
+        variables,
+    )
 
 
 @pytest.mark.parametrize("c_in,c_out,k,T,depthwise,bias", CASES)
@@ -72,7 +77,9 @@ def test_rolled_form_runs_in_linen_scan_with_broadcast_params(monkeypatch):
         jaxpr = str(jax.make_jaxpr(CSRConv(8, 3, 4, unroll=unroll).apply)(variables, x))
         assert "scan[" in jaxpr
     assert len(calls) == 2
-    assert all(c["variable_broadcast"] == "params" and c["split_rngs"] == {"params": False} for c in calls)
+    assert all(
+        c["variable_broadcast"] == "params" and c["split_rngs"] == {"params": False} for c in calls
+    )
     assert [c["unroll"] for c in calls] == [1, 2]
     # unroll >= T - 1 covers every step: straight-line code again.
     assert "scan[" not in str(jax.make_jaxpr(CSRConv(8, 3, 4, unroll=3).apply)(variables, x))

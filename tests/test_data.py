@@ -29,7 +29,8 @@ N_TRAIN, N_TEST = 200, 50
 def write_idx(path: str, array: np.ndarray, *, compress: bool) -> None:
     """Writes ``array`` (uint8) as an IDX file: 0x0000, type 0x08, ndim, big-endian dims, data."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
+        int(d).to_bytes(4, "big") for d in array.shape
+    )
     payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
     with open(path, "wb") as f:
         f.write(gzip.compress(payload) if compress else payload)
@@ -40,16 +41,22 @@ def make_fake_fashion(directory, *, compress: bool = True) -> str:
     directory = str(directory)
     os.makedirs(directory, exist_ok=True)
     train = np.arange(N_TRAIN, dtype=np.uint8)[:, None, None] * np.ones((1, 28, 28), np.uint8)
-    test = (N_TRAIN + np.arange(N_TEST, dtype=np.uint8))[:, None, None] * np.ones((1, 28, 28),
-                                                                                   np.uint8)
+    test = (N_TRAIN + np.arange(N_TEST, dtype=np.uint8))[:, None, None] * np.ones(
+        (1, 28, 28), np.uint8
+    )
     suffix = ".gz" if compress else ""
-    write_idx(os.path.join(directory, "train-images-idx3-ubyte" + suffix), train,
-              compress=compress)
-    write_idx(os.path.join(directory, "train-labels-idx1-ubyte" + suffix),
-              np.arange(N_TRAIN, dtype=np.uint8) % 10, compress=compress)
+    write_idx(os.path.join(directory, "train-images-idx3-ubyte" + suffix), train, compress=compress)
+    write_idx(
+        os.path.join(directory, "train-labels-idx1-ubyte" + suffix),
+        np.arange(N_TRAIN, dtype=np.uint8) % 10,
+        compress=compress,
+    )
     write_idx(os.path.join(directory, "t10k-images-idx3-ubyte" + suffix), test, compress=compress)
-    write_idx(os.path.join(directory, "t10k-labels-idx1-ubyte" + suffix),
-              (N_TRAIN + np.arange(N_TEST, dtype=np.uint8)) % 10, compress=compress)
+    write_idx(
+        os.path.join(directory, "t10k-labels-idx1-ubyte" + suffix),
+        (N_TRAIN + np.arange(N_TEST, dtype=np.uint8)) % 10,
+        compress=compress,
+    )
     return directory
 
 
@@ -69,16 +76,25 @@ def take(iterator, n):
 
 
 def train_it(fake_dir, *, seed=0, batch=32, p=0, count=1, **kw):
-    return data.make_train_iterator("fashion_mnist", global_batch_size=batch, seed=seed,
-                                    data_dir=fake_dir, process_index=p, process_count=count, **kw)
+    return data.make_train_iterator(
+        "fashion_mnist",
+        global_batch_size=batch,
+        seed=seed,
+        data_dir=fake_dir,
+        process_index=p,
+        process_count=count,
+        **kw,
+    )
 
 
 # --- registry and info ---------------------------------------------------------------------------
 
+
 def test_list_datasets_names_every_supported_dataset():
     assert data.list_datasets() == sorted(data.list_datasets())
-    assert {"digits", "fashion_mnist", "synthetic", "cifar10", "cifar100",
-            "imagenet2012"} <= set(data.list_datasets())
+    assert {"digits", "fashion_mnist", "synthetic", "cifar10", "cifar100", "imagenet2012"} <= set(
+        data.list_datasets()
+    )
 
 
 def test_unknown_dataset_names_the_available_ones():
@@ -90,8 +106,14 @@ def test_digits_info_and_stratified_split():
     info = data.get_info("digits")
     assert info == data.DatasetInfo("digits", 10, (16, 16, 1), 1437, 360)
     assert data.get_info("digits", image_size=24).image_shape == (24, 24, 1)
-    labels = np.concatenate([b["label"][b["mask"]] for b in data.make_eval_iterator(
-        "digits", global_batch_size=100, process_index=0, process_count=1)])
+    labels = np.concatenate(
+        [
+            b["label"][b["mask"]]
+            for b in data.make_eval_iterator(
+                "digits", global_batch_size=100, process_index=0, process_count=1
+            )
+        ]
+    )
     counts = np.bincount(labels, minlength=10)
     # Stratified: each class holds its share (~1/10) of the 360 test images.
     assert counts.sum() == 360 and counts.min() >= 34 and counts.max() <= 38
@@ -104,35 +126,57 @@ def test_digits_split_partitions_the_upsampled_sklearn_images():
     from csr_jax.data import digits
 
     raw = load_digits()
-    pil = np.stack([np.asarray(Image.fromarray((im / 16).astype(np.float32), mode="F")
-                               .resize((16, 16), Image.BILINEAR)) for im in raw.images])
+    pil = np.stack(
+        [
+            np.asarray(
+                Image.fromarray((im / 16).astype(np.float32), mode="F").resize(
+                    (16, 16), Image.BILINEAR
+                )
+            )
+            for im in raw.images
+        ]
+    )
     ours = digits.load_digits(16)
 
     def rows(images, labels):
-        table = np.concatenate([np.round(images.reshape(len(images), -1), 4),
-                                labels[:, None].astype(float)], axis=1)
+        table = np.concatenate(
+            [np.round(images.reshape(len(images), -1), 4), labels[:, None].astype(float)], axis=1
+        )
         return table[np.lexsort(table.T[::-1])]
 
     # Train + test together are exactly the 1,797 (image, label) pairs, none twice, none lost.
     np.testing.assert_array_equal(
-        rows(np.concatenate([ours["train_images"], ours["test_images"]]),
-             np.concatenate([ours["train_labels"], ours["test_labels"]])),
-        rows(pil, raw.target))
+        rows(
+            np.concatenate([ours["train_images"], ours["test_images"]]),
+            np.concatenate([ours["train_labels"], ours["test_labels"]]),
+        ),
+        rows(pil, raw.target),
+    )
     # The eval stream is the test split, normalised with the train split's statistics.
-    batch = next(data.make_eval_iterator("digits", global_batch_size=360, process_index=0,
-                                         process_count=1))
+    batch = next(
+        data.make_eval_iterator("digits", global_batch_size=360, process_index=0, process_count=1)
+    )
     mean, std = ours["train_images"].mean(), ours["train_images"].std()
     np.testing.assert_allclose(batch["image"] * std + mean, ours["test_images"], atol=1e-5)
     np.testing.assert_array_equal(batch["label"], ours["test_labels"])
 
 
 def test_synthetic_shapes_and_classes():
-    assert data.get_info("synthetic") == data.DatasetInfo("synthetic", 10, (32, 32, 3), 50_000,
-                                                          10_000)
+    assert data.get_info("synthetic") == data.DatasetInfo(
+        "synthetic", 10, (32, 32, 3), 50_000, 10_000
+    )
     info = data.get_info("synthetic_imagenet", image_size=64)
     assert info.image_shape == (64, 64, 3) and info.num_classes == 1000
-    batch = next(data.make_train_iterator("synthetic", global_batch_size=8, seed=0,
-                                          image_size=20, process_index=0, process_count=1))
+    batch = next(
+        data.make_train_iterator(
+            "synthetic",
+            global_batch_size=8,
+            seed=0,
+            image_size=20,
+            process_index=0,
+            process_count=1,
+        )
+    )
     assert batch["image"].shape == (8, 20, 20, 3) and batch["image"].dtype == np.float32
     assert batch["label"].dtype == np.int32
     assert 0 <= batch["label"].min() and batch["label"].max() < 10
@@ -141,8 +185,11 @@ def test_synthetic_shapes_and_classes():
 
 @pytest.mark.parametrize("name,shape", [("digits", (16, 16, 1)), ("synthetic", (32, 32, 3))])
 def test_train_batch_contract(name, shape):
-    batch = next(data.make_train_iterator(name, global_batch_size=64, seed=3, process_index=0,
-                                          process_count=1))
+    batch = next(
+        data.make_train_iterator(
+            name, global_batch_size=64, seed=3, process_index=0, process_count=1
+        )
+    )
     assert set(batch) == {"image", "label"}
     assert batch["image"].shape == (64, *shape) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (64,) and batch["label"].dtype == np.int32
@@ -151,8 +198,9 @@ def test_train_batch_contract(name, shape):
 
 
 def test_digits_normalisation_uses_its_own_statistics():
-    batch = next(data.make_eval_iterator("digits", global_batch_size=360, process_index=0,
-                                         process_count=1))
+    batch = next(
+        data.make_eval_iterator("digits", global_batch_size=360, process_index=0, process_count=1)
+    )
     # Train-split statistics applied to the test split: close to zero mean, unit variance.
     assert abs(batch["image"].mean()) < 0.1
     assert 0.9 < batch["image"].std() < 1.1
@@ -160,19 +208,31 @@ def test_digits_normalisation_uses_its_own_statistics():
 
 # --- Fashion-MNIST on generated IDX files -------------------------------------------------------
 
+
 def test_fashion_info_and_shapes_on_generated_idx(fake_dir):
     assert data.get_info("fashion_mnist", data_dir=fake_dir) == data.DatasetInfo(
-        "fashion_mnist", 10, (32, 32, 1), N_TRAIN, N_TEST)
+        "fashion_mnist", 10, (32, 32, 1), N_TRAIN, N_TEST
+    )
     assert data.get_info("fashion_mnist", data_dir=fake_dir, image_size=28).image_shape == (
-        28, 28, 1)
+        28,
+        28,
+        1,
+    )
     batch = next(train_it(fake_dir))
     assert batch["image"].shape == (32, 32, 32, 1) and batch["image"].dtype == np.float32
     assert (batch["label"] == ids(batch) % 10).all()  # images and labels stay paired
 
 
 def test_fashion_eval_is_zero_padded_to_32_and_normalised(fake_dir):
-    batch = next(data.make_eval_iterator("fashion_mnist", global_batch_size=N_TEST,
-                                         data_dir=fake_dir, process_index=0, process_count=1))
+    batch = next(
+        data.make_eval_iterator(
+            "fashion_mnist",
+            global_batch_size=N_TEST,
+            data_dir=fake_dir,
+            process_index=0,
+            process_count=1,
+        )
+    )
     pixels = (batch["image"][..., 0] * fashion_mnist.STD[0] + fashion_mnist.MEAN[0]) * 255
     expected = np.zeros((N_TEST, 32, 32))
     expected[:, 2:30, 2:30] = (N_TRAIN + np.arange(N_TEST))[:, None, None]
@@ -180,8 +240,16 @@ def test_fashion_eval_is_zero_padded_to_32_and_normalised(fake_dir):
 
 
 def test_fashion_native_28(fake_dir):
-    batch = next(data.make_eval_iterator("fashion_mnist", global_batch_size=10, data_dir=fake_dir,
-                                         image_size=28, process_index=0, process_count=1))
+    batch = next(
+        data.make_eval_iterator(
+            "fashion_mnist",
+            global_batch_size=10,
+            data_dir=fake_dir,
+            image_size=28,
+            process_index=0,
+            process_count=1,
+        )
+    )
     assert batch["image"].shape == (10, 28, 28, 1)
     assert np.ptp(batch["image"][0]) == 0  # a constant image with no padding stays constant
 
@@ -195,13 +263,16 @@ def test_gzipped_and_plain_idx_files_load_the_same(tmp_path, fake_dir):
     assert a["train_images"].shape == (N_TRAIN, 28, 28, 1)
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda raw: b"\x01\x00" + raw[2:], "bad magic"),
-    (lambda raw: raw[:2] + b"\x0d" + raw[3:], "element type 0x0d"),
-    (lambda raw: raw[:-5], "header says"),
-    (lambda raw: raw + b"\x00", "header says"),
-    (lambda raw: raw[:3], "shorter than an IDX header"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda raw: b"\x01\x00" + raw[2:], "bad magic"),
+        (lambda raw: raw[:2] + b"\x0d" + raw[3:], "element type 0x0d"),
+        (lambda raw: raw[:-5], "header says"),
+        (lambda raw: raw + b"\x00", "header says"),
+        (lambda raw: raw[:3], "shorter than an IDX header"),
+    ],
+)
 def test_corrupt_idx_raises_a_clear_error(tmp_path, damage, message):
     directory = make_fake_fashion(tmp_path / "bad", compress=False)
     path = os.path.join(directory, "t10k-labels-idx1-ubyte")
@@ -225,8 +296,11 @@ def test_damaged_gzip_and_mismatched_counts_raise(tmp_path):
         fashion_mnist.load_idx_dir(directory)
 
     directory = make_fake_fashion(tmp_path / "count")
-    write_idx(os.path.join(directory, "train-labels-idx1-ubyte.gz"),
-              np.zeros(N_TRAIN - 1, np.uint8), compress=True)
+    write_idx(
+        os.path.join(directory, "train-labels-idx1-ubyte.gz"),
+        np.zeros(N_TRAIN - 1, np.uint8),
+        compress=True,
+    )
     with pytest.raises(fashion_mnist.IDXFormatError, match="199 labels for 200 images"):
         fashion_mnist.load_idx_dir(directory)
 
@@ -236,8 +310,14 @@ def test_missing_fashion_files_raise_dataset_not_found(tmp_path):
     os.remove(os.path.join(directory, "t10k-images-idx3-ubyte.gz"))
     for where in (directory, tmp_path / "empty"):
         with pytest.raises(data.DatasetNotFoundError) as err:
-            data.make_train_iterator("fashion_mnist", global_batch_size=8, seed=0, data_dir=where,
-                                     process_index=0, process_count=1)
+            data.make_train_iterator(
+                "fashion_mnist",
+                global_batch_size=8,
+                seed=0,
+                data_dir=where,
+                process_index=0,
+                process_count=1,
+            )
         message = str(err.value)
         assert "python -m experiments.prepare_data fashion_mnist" in message
         assert "apt-get install dataset-fashion-mnist" in message
@@ -246,6 +326,7 @@ def test_missing_fashion_files_raise_dataset_not_found(tmp_path):
 
 
 # --- determinism, epochs, resumption -------------------------------------------------------------
+
 
 def test_same_seed_same_stream_across_epochs_and_thread_counts(fake_dir):
     # 200 // 32 = 6 steps per epoch: 14 batches cross two epoch boundaries.
@@ -260,10 +341,18 @@ def test_different_seeds_differ(fake_dir):
     a, b = next(train_it(fake_dir, seed=1)), next(train_it(fake_dir, seed=2))
     assert not np.array_equal(ids(a), ids(b))
     # Same examples, other seed: the augmentation differs too (not only the order).
-    x, y = next(data.make_train_iterator("digits", global_batch_size=64, seed=1, process_index=0,
-                                         process_count=1)), \
-        next(data.make_train_iterator("digits", global_batch_size=64, seed=2, process_index=0,
-                                      process_count=1))
+    x, y = (
+        next(
+            data.make_train_iterator(
+                "digits", global_batch_size=64, seed=1, process_index=0, process_count=1
+            )
+        ),
+        next(
+            data.make_train_iterator(
+                "digits", global_batch_size=64, seed=2, process_index=0, process_count=1
+            )
+        ),
+    )
     assert not np.array_equal(x["image"], y["image"])
 
 
@@ -301,6 +390,7 @@ def test_state_from_another_stream_is_refused(fake_dir):
 
 # --- multi-process sharding ----------------------------------------------------------------------
 
+
 def test_process_shards_are_disjoint_and_form_the_single_process_batch(fake_dir):
     single = take(train_it(fake_dir, seed=3, batch=32), 8)
     shards = [take(train_it(fake_dir, seed=3, batch=32, p=p, count=2), 8) for p in range(2)]
@@ -337,8 +427,9 @@ def test_batch_not_divisible_by_processes_is_refused(fake_dir):
 def test_process_defaults_come_from_jax():
     import jax
 
-    batch = next(data.make_train_iterator("synthetic", global_batch_size=4 * jax.process_count(),
-                                          seed=0))
+    batch = next(
+        data.make_train_iterator("synthetic", global_batch_size=4 * jax.process_count(), seed=0)
+    )
     assert batch["image"].shape[0] == 4
 
 
@@ -353,8 +444,13 @@ def test_bad_image_size_is_refused():
 def test_eval_covers_every_example_once_with_masked_padding(fake_dir, count, batch):
     seen, lengths = [], []
     for p in range(count):
-        it = data.make_eval_iterator("fashion_mnist", global_batch_size=batch, data_dir=fake_dir,
-                                     process_index=p, process_count=count)
+        it = data.make_eval_iterator(
+            "fashion_mnist",
+            global_batch_size=batch,
+            data_dir=fake_dir,
+            process_index=p,
+            process_count=count,
+        )
         batches = list(it)
         lengths.append(len(batches))
         assert len(batches) == len(it) == -(-N_TEST // batch)
@@ -370,13 +466,14 @@ def test_eval_covers_every_example_once_with_masked_padding(fake_dir, count, bat
 
 # --- augmentation --------------------------------------------------------------------------------
 
+
 def _is_crop_of(out, padded, size):
     """Offsets (dy, dx, flipped) at which ``out`` is a window of ``padded``, or None."""
     for flipped in (False, True):
         src = padded[:, ::-1] if flipped else padded
         for dy in range(padded.shape[0] - size + 1):
             for dx in range(padded.shape[1] - size + 1):
-                window = src[dy:dy + size, dx:dx + size]
+                window = src[dy : dy + size, dx : dx + size]
                 if np.array_equal(window, out):
                     return dy, dx, flipped
     return None
@@ -386,8 +483,9 @@ def _is_crop_of(out, padded, size):
 def test_crop_flip_outputs_are_windows_of_the_padded_images(flip):
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, size=(24, 8, 8, 1), dtype=np.uint8)
-    t = SmallImages(size=8, pad_to_size=False, crop_pad=2, flip=flip, mean=(0.0,), std=(1.0,),
-                    pixel_max=255.0)
+    t = SmallImages(
+        size=8, pad_to_size=False, crop_pad=2, flip=flip, mean=(0.0,), std=(1.0,), pixel_max=255.0
+    )
     out = t.train(images, np.zeros(24, np.int32), np.random.default_rng(1), BatchLayout(24, 0, 1))
     found = []
     for i in range(24):
@@ -423,8 +521,12 @@ def test_inception_crop_boxes_lie_inside_and_follow_the_ranges():
     assert ch == cw == round(np.sqrt(0.54 * 100 * 100))
     # No attempt fits (area fraction ~1 with extreme ratios in a long thin image): centre crop.
     u = np.ones(augment.INCEPTION_DRAWS)
-    assert augment.inception_crop_box(u, 10, 200) == (0, (200 - round(10 * 4 / 3)) // 2, 10,
-                                                       round(10 * 4 / 3))
+    assert augment.inception_crop_box(u, 10, 200) == (
+        0,
+        (200 - round(10 * 4 / 3)) // 2,
+        10,
+        round(10 * 4 / 3),
+    )
 
 
 def test_resize_center_crop_shape():
@@ -434,38 +536,56 @@ def test_resize_center_crop_shape():
 
 # --- tensorflow-datasets path (mocked) -----------------------------------------------------------
 
+
 def test_tfds_cifar10_under_mock_data_yields_batches():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=24):
         info = data.get_info("cifar10")
         assert info.image_shape == (32, 32, 3) and info.num_classes == 10 and info.num_train == 24
-        it = data.make_train_iterator("cifar10", global_batch_size=8, seed=0, process_index=0,
-                                      process_count=1)
+        it = data.make_train_iterator(
+            "cifar10", global_batch_size=8, seed=0, process_index=0, process_count=1
+        )
         batches = take(it, 4)  # crosses the 3-step epoch
         for batch in batches:
             assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
             assert batch["label"].dtype == np.int32 and batch["label"].max() < 10
             assert np.isfinite(batch["image"]).all()
-        masks = [b["mask"] for b in data.make_eval_iterator(
-            "cifar100", global_batch_size=10, process_index=0, process_count=1)]
+        masks = [
+            b["mask"]
+            for b in data.make_eval_iterator(
+                "cifar100", global_batch_size=10, process_index=0, process_count=1
+            )
+        ]
         assert [int(m.sum()) for m in masks] == [10, 10, 4]
 
 
 def test_tfds_imagenet_under_mock_data_crops_to_image_size():
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=6):
-        batch = next(data.make_train_iterator("imagenet2012", global_batch_size=2, seed=0,
-                                              image_size=64, process_index=0, process_count=1))
+        batch = next(
+            data.make_train_iterator(
+                "imagenet2012",
+                global_batch_size=2,
+                seed=0,
+                image_size=64,
+                process_index=0,
+                process_count=1,
+            )
+        )
         assert batch["image"].shape == (2, 64, 64, 3) and batch["label"].max() < 1000
-        ev = next(data.make_eval_iterator("imagenet2012", global_batch_size=4, image_size=64,
-                                          process_index=0, process_count=1))
+        ev = next(
+            data.make_eval_iterator(
+                "imagenet2012", global_batch_size=4, image_size=64, process_index=0, process_count=1
+            )
+        )
         assert ev["image"].shape == (4, 64, 64, 3) and ev["mask"].all()
 
 
 def test_unprepared_tfds_dataset_names_the_prepare_command(tmp_path):
     pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(data.DatasetNotFoundError,
-                       match=r"python -m experiments\.prepare_data cifar10 --data_dir"):
+    with pytest.raises(
+        data.DatasetNotFoundError, match=r"python -m experiments\.prepare_data cifar10 --data_dir"
+    ):
         data.get_info("cifar10", data_dir=str(tmp_path))
     assert not any(tmp_path.iterdir())  # looking did not create anything
 
@@ -479,17 +599,33 @@ def test_prepare_data_without_tensorflow_says_what_to_install(tmp_path):
         pytest.skip("TensorFlow is installed; this checks the message for machines without it")
     result = subprocess.run(
         [sys.executable, "-m", "experiments.prepare_data", "cifar10", "--data_dir", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=60)
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "needs TensorFlow" in result.stderr and "pip install -e '.[prepare]'" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "experiments.prepare_data", "imagenet2012", "--data_dir",
-         str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "experiments.prepare_data",
+            "imagenet2012",
+            "--data_dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "ILSVRC2012_img_train.tar" in result.stderr
     assert os.path.join(str(tmp_path), "downloads", "manual") in result.stderr
 
 
 # --- no TensorFlow on the file-free / IDX paths --------------------------------------------------
+
 
 def test_digits_fashion_synthetic_never_import_tensorflow(fake_dir):
     script = textwrap.dedent(f"""
@@ -509,7 +645,13 @@ def test_digits_fashion_synthetic_never_import_tensorflow(fake_dir):
         print("IMPORTED", bad)
     """)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IMPORTED []" in result.stdout, result.stdout

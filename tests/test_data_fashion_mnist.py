@@ -19,7 +19,8 @@ from csr_jax.data import fashion_mnist
 real_files = pytest.mark.skipif(
     fashion_mnist.find_idx_files(fashion_mnist.DEFAULT_DIR) is None,
     reason=f"real Fashion-MNIST IDX files not in {fashion_mnist.DEFAULT_DIR} "
-           "(apt-get install dataset-fashion-mnist)")
+    "(apt-get install dataset-fashion-mnist)",
+)
 
 
 def _raw(name: str, offset: int) -> np.ndarray:
@@ -40,7 +41,8 @@ def raw():
 @real_files
 def test_real_files_default_dir_info():
     assert data.get_info("fashion_mnist") == data.DatasetInfo(
-        "fashion_mnist", 10, (32, 32, 1), 60_000, 10_000)
+        "fashion_mnist", 10, (32, 32, 1), 60_000, 10_000
+    )
 
 
 @real_files
@@ -69,8 +71,11 @@ def test_normalisation_constants_are_the_training_set_statistics(raw):
 
 @real_files
 def test_real_eval_stream_is_the_padded_test_set_in_order(raw):
-    batch = next(data.make_eval_iterator("fashion_mnist", global_batch_size=256, process_index=0,
-                                         process_count=1))
+    batch = next(
+        data.make_eval_iterator(
+            "fashion_mnist", global_batch_size=256, process_index=0, process_count=1
+        )
+    )
     assert batch["mask"].all()
     np.testing.assert_array_equal(batch["label"], raw["test_labels"][:256])
     pixels = (batch["image"][..., 0] * fashion_mnist.STD[0] + fashion_mnist.MEAN[0]) * 255
@@ -80,8 +85,9 @@ def test_real_eval_stream_is_the_padded_test_set_in_order(raw):
 
 @real_files
 def test_real_train_batches(raw):
-    it = data.make_train_iterator("fashion_mnist", global_batch_size=128, seed=0,
-                                  process_index=0, process_count=1)
+    it = data.make_train_iterator(
+        "fashion_mnist", global_batch_size=128, seed=0, process_index=0, process_count=1
+    )
     assert it.steps_per_epoch == 60_000 // 128
     lo = (0 - fashion_mnist.MEAN[0]) / fashion_mnist.STD[0]
     hi = (1 - fashion_mnist.MEAN[0]) / fashion_mnist.STD[0]
@@ -96,6 +102,7 @@ def test_real_train_batches(raw):
 
 
 # --- the tfds fallback (no real data needed) -----------------------------------------------------
+
 
 def _fake_tfds_dir(root) -> str:
     version = os.path.join(str(root), "fashion_mnist", "3.0.1")
@@ -118,7 +125,14 @@ def test_tfds_fallback_under_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=16):
         info = data.get_info("fashion_mnist", data_dir=tfds_dir)
         assert info.image_shape == (32, 32, 1) and info.num_train == 16
-        batch = next(data.make_train_iterator("fashion_mnist", global_batch_size=8, seed=0,
-                                              data_dir=tfds_dir, process_index=0,
-                                              process_count=1))
+        batch = next(
+            data.make_train_iterator(
+                "fashion_mnist",
+                global_batch_size=8,
+                seed=0,
+                data_dir=tfds_dir,
+                process_index=0,
+                process_count=1,
+            )
+        )
         assert batch["image"].shape == (8, 32, 32, 1) and batch["label"].max() < 10

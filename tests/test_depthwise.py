@@ -17,8 +17,15 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 
 def _xla(x, kernel, strides, padding):
-    return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=DN,
-                                    feature_group_count=x.shape[-1], precision=lax.Precision.HIGHEST)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        strides,
+        padding,
+        dimension_numbers=DN,
+        feature_group_count=x.shape[-1],
+        precision=lax.Precision.HIGHEST,
+    )
 
 
 def _inputs(shape, k, dtype, seed=0):
@@ -36,8 +43,10 @@ PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1))]
 @pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "sym1", "asym"])
 def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
     x, kernel = _inputs((2, 9, 8, 5), k, jnp.float32)
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal(_xla(x, kernel, (stride, stride), padding).shape),
-                      jnp.float32)
+    cot = jnp.asarray(
+        np.random.default_rng(1).standard_normal(_xla(x, kernel, (stride, stride), padding).shape),
+        jnp.float32,
+    )
 
     def loss(f):
         return lambda x, w: jnp.sum(f(x, w) * cot)
@@ -61,12 +70,19 @@ def test_taps_equal_xla_bf16(k, stride, padding):
     y = taps(x, kernel)
     assert y.dtype == jnp.bfloat16
     # Both round a float32 accumulation once to bf16: they agree to one bf16 ulp (2^-8 relative).
-    ref64 = np.asarray(_xla(x.astype(jnp.float32), kernel.astype(jnp.float32), (stride, stride), padding))
+    ref64 = np.asarray(
+        _xla(x.astype(jnp.float32), kernel.astype(jnp.float32), (stride, stride), padding)
+    )
     scale = np.abs(ref64).max()
     np.testing.assert_allclose(np.asarray(y, np.float32), ref64, atol=scale * 2**-7)
-    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(xla(x, kernel), np.float32), atol=scale * 2**-7)
-    loss = lambda f: (lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2))
-    for a, b in zip(jax.grad(loss(taps), argnums=(0, 1))(x, kernel), jax.grad(loss(xla), argnums=(0, 1))(x, kernel)):
+    np.testing.assert_allclose(
+        np.asarray(y, np.float32), np.asarray(xla(x, kernel), np.float32), atol=scale * 2**-7
+    )
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w).astype(jnp.float32) ** 2)
+    for a, b in zip(
+        jax.grad(loss(taps), argnums=(0, 1))(x, kernel),
+        jax.grad(loss(xla), argnums=(0, 1))(x, kernel),
+    ):
         assert a.dtype == b.dtype == jnp.bfloat16
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         np.testing.assert_allclose(a, b, atol=np.abs(b).max() * 2**-5)
@@ -105,46 +121,64 @@ def test_conv_general_dilated_dropin_routes_only_depthwise():
     x, kernel = _inputs((1, 6, 6, 4), 3, jnp.float32)
     conv = depthwise.conv_general_dilated("taps")
     dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DN)
-    depthwise_jaxpr = str(jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn,
-                                                           feature_group_count=4))(x, kernel))
+    depthwise_jaxpr = str(
+        jax.make_jaxpr(
+            lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=4)
+        )(x, kernel)
+    )
     assert "conv_general_dilated" not in depthwise_jaxpr
     dense = jnp.ones((3, 3, 4, 4))
-    dense_jaxpr = str(jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, dense))
+    dense_jaxpr = str(
+        jax.make_jaxpr(lambda x, w: conv(x, w, (1, 1), "SAME", dimension_numbers=dn))(x, dense)
+    )
     assert "conv_general_dilated" in dense_jaxpr
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 0), (0, 0))], ids=["same", "valid", "zeros"])
+@pytest.mark.parametrize(
+    "padding", ["SAME", "VALID", ((0, 0), (0, 0))], ids=["same", "valid", "zeros"]
+)
 def test_pointwise_dot_equals_xla_conv(stride, padding):
     x, _ = _inputs((2, 7, 6, 5), 1, jnp.float32)
     kernel = jnp.asarray(np.random.default_rng(4).standard_normal((1, 1, 5, 3)), jnp.float32)
     dn = lax.conv_dimension_numbers(x.shape, kernel.shape, DN)
     fast = depthwise.conv_general_dilated("taps")
     dot = lambda x, w: fast(x, w, (stride, stride), padding, dimension_numbers=dn)
-    xla = lambda x, w: lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN,
-                                                precision=lax.Precision.HIGHEST)
+    xla = lambda x, w: lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=DN, precision=lax.Precision.HIGHEST
+    )
     assert "conv_general_dilated" not in str(jax.make_jaxpr(dot)(x, kernel))
     np.testing.assert_allclose(dot(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
-    loss = lambda f: (lambda x, w: jnp.sum(f(x, w) ** 2))
-    for a, b in zip(jax.grad(loss(dot), argnums=(0, 1))(x, kernel), jax.grad(loss(xla), argnums=(0, 1))(x, kernel)):
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) ** 2)
+    for a, b in zip(
+        jax.grad(loss(dot), argnums=(0, 1))(x, kernel),
+        jax.grad(loss(xla), argnums=(0, 1))(x, kernel),
+    ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
     # A padded 1x1 conv is not a plain contraction: it stays XLA's conv.
     padded = lambda x, w: fast(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=dn)
     assert "conv_general_dilated" in str(jax.make_jaxpr(padded)(x, kernel))
     by_backend = depthwise.conv_general_dilated()
     with depthwise.forced_impl("xla"):
-        assert "conv_general_dilated" in str(jax.make_jaxpr(lambda x, w: by_backend(x, w, (1, 1), "SAME",
-                                                                                   dimension_numbers=dn))(x, kernel))
+        assert "conv_general_dilated" in str(
+            jax.make_jaxpr(lambda x, w: by_backend(x, w, (1, 1), "SAME", dimension_numbers=dn))(
+                x, kernel
+            )
+        )
 
 
 def _has_depthwise_conv(fn, *args) -> bool:
     """Whether ``fn`` traces to an XLA conv with ``feature_group_count`` > 1."""
-    return any(int(n) > 1 for n in re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(fn)(*args))))
+    return any(
+        int(n) > 1 for n in re.findall(r"feature_group_count=(\d+)", str(jax.make_jaxpr(fn)(*args)))
+    )
 
 
 @pytest.mark.parametrize("kernel_size,strides", [(3, 2), (5, 1)])
 def test_csr_conv_depthwise_paths_equal_xla(kernel_size, strides):
-    layer = CSRConv(6, kernel_size, 3, strides=strides, padding=kernel_size // 2, depthwise=True, use_bias=True)
+    layer = CSRConv(
+        6, kernel_size, 3, strides=strides, padding=kernel_size // 2, depthwise=True, use_bias=True
+    )
     x = jnp.asarray(np.random.default_rng(2).standard_normal((1, 6, 6, 6)), jnp.float32)
     params = layer.init(jax.random.key(0), x)
     # Perturb alpha/beta so the recurrence mixes both terms.
@@ -153,7 +187,9 @@ def test_csr_conv_depthwise_paths_equal_xla(kernel_size, strides):
     def run():
         # A fresh function per path: the path is chosen when it is traced.
         loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)
-        return _has_depthwise_conv(loss, params, x), jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+        return _has_depthwise_conv(loss, params, x), jax.jit(
+            jax.value_and_grad(loss, argnums=(0, 1))
+        )(params, x)
 
     with depthwise.forced_impl("taps"):
         conv_taps, (v_taps, g_taps) = run()
@@ -165,8 +201,10 @@ def test_csr_conv_depthwise_paths_equal_xla(kernel_size, strides):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,csr", [("mobilenetv2_cifar", None), ("mobilenetv2_cifar", "reference"),
-                                      ("efficientnet_b0", None)])
+@pytest.mark.parametrize(
+    "name,csr",
+    [("mobilenetv2_cifar", None), ("mobilenetv2_cifar", "reference"), ("efficientnet_b0", None)],
+)
 def test_models_same_params_either_path(name, csr):
     """Param tree (names, shapes, dtypes) is the same whichever path is traced (checkpoints move
     between CPU and accelerators); a tiny forward agrees on the two paths."""
@@ -178,12 +216,19 @@ def test_models_same_params_either_path(name, csr):
     with depthwise.forced_impl("xla"):
         xla_tree = init()
     assert jax.tree.structure(taps_tree) == jax.tree.structure(xla_tree)
-    assert [(a.shape, a.dtype) for a in jax.tree.leaves(taps_tree)] == [(a.shape, a.dtype) for a in jax.tree.leaves(xla_tree)]
-    assert any("depthwise" in "/".join(map(str, path)) for path, _ in jax.tree_util.tree_leaves_with_path(taps_tree))
+    assert [(a.shape, a.dtype) for a in jax.tree.leaves(taps_tree)] == [
+        (a.shape, a.dtype) for a in jax.tree.leaves(xla_tree)
+    ]
+    assert any(
+        "depthwise" in "/".join(map(str, path))
+        for path, _ in jax.tree_util.tree_leaves_with_path(taps_tree)
+    )
 
 
 def test_mobilenet_forward_equal_on_both_paths():
-    model = models.create("mobilenetv2_cifar", num_classes=10, csr="reference", cfg=((6, 24, 1, 2),))
+    model = models.create(
+        "mobilenetv2_cifar", num_classes=10, csr="reference", cfg=((6, 24, 1, 2),)
+    )
     x = jnp.asarray(np.random.default_rng(3).standard_normal((1, 4, 4, 3)), jnp.float32)
     variables = model.init(jax.random.key(0), x, train=False)
 

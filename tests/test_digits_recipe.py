@@ -31,7 +31,9 @@ def _bn_scales(variables) -> dict[str, float]:
 def test_zero_init_residual_is_opt_in_and_zeroes_only_the_last_bn_of_each_block():
     x = jnp.ones((1, 16, 16, 1))
     plain = models.create("resnet20", num_classes=10, csr="t2", widths=(4, 4, 8))
-    zero = models.create("resnet20", num_classes=10, csr="t2", widths=(4, 4, 8), zero_init_residual=True)
+    zero = models.create(
+        "resnet20", num_classes=10, csr="t2", widths=(4, 4, 8), zero_init_residual=True
+    )
     default_scales = _bn_scales(plain.init(jax.random.key(0), x, train=False))
     assert set(default_scales.values()) == {1.0}  # Unchanged default: every BN scale starts at 1.
     scales = _bn_scales(zero.init(jax.random.key(0), x, train=False))
@@ -45,8 +47,8 @@ def test_the_digits_config_starts_at_ln10():
     overrides = model_overrides(config)
     assert overrides.get("zero_init_residual") is True
     data = load_digits(config.image_size)
-    images = jnp.asarray(data["train_images"][:config.batch_size], jnp.float32)
-    labels = jnp.asarray(data["train_labels"][:config.batch_size])
+    images = jnp.asarray(data["train_images"][: config.batch_size], jnp.float32)
+    labels = jnp.asarray(data["train_labels"][: config.batch_size])
     model = models.create(config.model, num_classes=10, csr=config.csr, **overrides)
 
     @jax.jit

@@ -17,15 +17,28 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-TRAINING_STACK = ("optax", "orbax", "grain", "tensorflow_datasets", "tensorflow", "sklearn", "tensorboardX")
+TRAINING_STACK = (
+    "optax",
+    "orbax",
+    "grain",
+    "tensorflow_datasets",
+    "tensorflow",
+    "sklearn",
+    "tensorboardX",
+)
 PLOTTING = ("matplotlib",)
 NUMERICS = ("jax", "flax")
 
 
 def _loaded_after(code: str) -> set[str]:
     """Top-level package names in ``sys.modules`` after running ``code`` in a fresh interpreter."""
-    probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    probe = (
+        code
+        + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
 
@@ -36,9 +49,11 @@ def _loaded_after(code: str) -> set[str]:
         # The package itself: nothing numerical until a name is used.
         ("import csr_jax", NUMERICS + TRAINING_STACK + PLOTTING),
         # The layer and the backbones: jax and flax only.
-        ("from csr_jax import CSRConv, models, accounting, surgery, policy\n"
-         "models.create('resnet20', num_classes=10, csr='t2')",
-         TRAINING_STACK + PLOTTING),
+        (
+            "from csr_jax import CSRConv, models, accounting, surgery, policy\n"
+            "models.create('resnet20', num_classes=10, csr='t2')",
+            TRAINING_STACK + PLOTTING,
+        ),
         # Reading run summaries and tables needs no JAX (and no matplotlib until a figure is drawn).
         ("import csr_jax.report", NUMERICS + TRAINING_STACK + PLOTTING),
         # Policies are plain Python data.

@@ -46,7 +46,12 @@ def test_to_nnx_matches_linen_and_trains():
 
     loss0 = train_step(model, optimizer)
     after = _linen_params(model)
-    for path in (("input_kernel",), ("hidden", "hidden_kernel"), ("hidden", "alpha"), ("hidden", "beta")):
+    for path in (
+        ("input_kernel",),
+        ("hidden", "hidden_kernel"),
+        ("hidden", "alpha"),
+        ("hidden", "beta"),
+    ):
         old, new = params, after
         for key in path:
             old, new = old[key], new[key]
@@ -71,4 +76,6 @@ def test_surgery_converted_model_through_nnx():
     nnx.bridge.lazy_init(model, x)
     params = _linen_params(model)
     assert "input_kernel" in params["conv"] and "kernel" in params["head"]
-    np.testing.assert_allclose(model(x), converted.apply({"params": params}, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        model(x), converted.apply({"params": params}, x), rtol=1e-6, atol=1e-6
+    )

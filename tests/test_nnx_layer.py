@@ -52,10 +52,14 @@ def _load(layer: CSRConv, flat: dict) -> None:
 
 
 @pytest.mark.parametrize("c_in,c_out,k,T,stride,padding,bias,depthwise,unroll", CASES)
-def test_equals_linen_layer_on_the_same_weights(c_in, c_out, k, T, stride, padding, bias, depthwise, unroll):
+def test_equals_linen_layer_on_the_same_weights(
+    c_in, c_out, k, T, stride, padding, bias, depthwise, unroll
+):
     rng = np.random.default_rng(c_in * 100 + c_out * 10 + T)
     x = jnp.asarray(rng.normal(size=(2, 7, 8, c_in)), jnp.float32)
-    kwargs = dict(strides=stride, padding=padding, use_bias=bias, depthwise=depthwise, unroll=unroll)
+    kwargs = dict(
+        strides=stride, padding=padding, use_bias=bias, depthwise=depthwise, unroll=unroll
+    )
     linen = LinenCSRConv(c_out, k, T, **kwargs)
     params = linen.init(jax.random.key(1), x)["params"]
     flat = _linen_flat(params)
@@ -82,7 +86,9 @@ def test_gradients_equal_linen_and_training_step_works():
     layer = CSRConv(8, 8, 3, 4, use_bias=True, rngs=nnx.Rngs(0))
     _load(layer, _linen_flat(params))
 
-    g_linen = _linen_flat(jax.grad(lambda p: jnp.mean((linen.apply({"params": p}, x) - target) ** 2))(params))
+    g_linen = _linen_flat(
+        jax.grad(lambda p: jnp.mean((linen.apply({"params": p}, x) - target) ** 2))(params)
+    )
     g_nnx = nnx.to_pure_dict(nnx.grad(lambda m: jnp.mean((m(x) - target) ** 2))(layer))
     assert set(g_nnx) == set(g_linen)
     for name in g_linen:
@@ -107,7 +113,9 @@ def test_bfloat16_compute_keeps_param_dtype():
 
 
 def test_numpy_integers_accepted_and_booleans_refused():
-    layer = CSRConv(np.int64(8), np.int32(6), np.int64(3), np.int64(2), strides=np.int64(2), rngs=nnx.Rngs(0))
+    layer = CSRConv(
+        np.int64(8), np.int32(6), np.int64(3), np.int64(2), strides=np.int64(2), rngs=nnx.Rngs(0)
+    )
     assert layer(jnp.ones((1, 6, 6, 8))).shape == (1, 3, 3, 6)
     assert type(layer.steps) is int and layer.kernel_size == (3, 3)
     with pytest.raises(ValueError, match="steps must be an int >= 1, got the bool True"):

@@ -29,8 +29,12 @@ CELL_TIMEOUT_S = 240
 
 def test_the_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    for expected in ("01_csrconv_quickstart.ipynb", "02_backbones.ipynb", "03_train_digits.ipynb",
-                     "04_csr_in_your_model.ipynb"):
+    for expected in (
+        "01_csrconv_quickstart.ipynb",
+        "02_backbones.ipynb",
+        "03_train_digits.ipynb",
+        "04_csr_in_your_model.ipynb",
+    ):
         assert expected in names
 
 
@@ -54,12 +58,22 @@ def kernel_dir(tmp_path_factory) -> Path:
 def test_notebook_runs_top_to_bottom(path: Path, kernel_dir: Path, monkeypatch):
     monkeypatch.setenv("CSR_JAX_SMALL", "1")  # The kernel inherits this process's environment.
     # The repository (csr_jax and experiments/) importable whether or not it is pip-installed.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    monkeypatch.delenv("MPLBACKEND", raising=False)  # The kernel's inline backend renders the figures.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.delenv(
+        "MPLBACKEND", raising=False
+    )  # The kernel's inline backend renders the figures.
     nb = nbformat.read(path, as_version=4)
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
+    km = KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]),
+    )
     client = nbclient.NotebookClient(
-        nb, km=km, timeout=CELL_TIMEOUT_S, allow_errors=False,
+        nb,
+        km=km,
+        timeout=CELL_TIMEOUT_S,
+        allow_errors=False,
         resources={"metadata": {"path": str(path.parent)}},  # Run where a user would: notebooks/.
     )
     try:
@@ -77,5 +91,9 @@ def test_notebook_is_committed_without_outputs(path: Path):
     nbformat.validate(nb)
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            assert not cell.outputs, f"{path.name} cell {i} has outputs; clear them before committing"
-            assert cell.execution_count is None, f"{path.name} cell {i} has an execution count; clear outputs"
+            assert not cell.outputs, (
+                f"{path.name} cell {i} has outputs; clear them before committing"
+            )
+            assert cell.execution_count is None, (
+                f"{path.name} cell {i} has an execution count; clear outputs"
+            )

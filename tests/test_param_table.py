@@ -13,7 +13,9 @@ import pytest
 from csr_jax import accounting, models
 from experiments import param_table
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "results")
+RESULTS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "results"
+)
 
 
 def eval_call(module, x):
@@ -29,14 +31,18 @@ def test_rows_cover_every_T_and_the_reference(mobilenet_rows):
     assert [r.preset for r in mobilenet_rows] == ["t1", "t2", "t3", "t4", "t8", "reference"]
     assert [r.steps for r in mobilenet_rows] == ["1", "2", "3", "4", "8", "3, 4"]
     t1 = mobilenet_rows[0]
-    assert t1.ordinary_params == t1.csr_params == 2_237_770  # The standard count for this net (docs/backbones.md §1)
+    assert (
+        t1.ordinary_params == t1.csr_params == 2_237_770
+    )  # The standard count for this net (docs/backbones.md §1)
     assert t1.csr_layers == 0 and t1.reduction == 0.0 and t1.csr_macs == t1.ordinary_macs
     counts = [r.csr_params for r in mobilenet_rows[:5]]
     assert all(a > b for a, b in zip(counts, counts[1:]))
     for r in mobilenet_rows:
         assert r.reduction == pytest.approx(100 * (1 - r.csr_params / r.ordinary_params))
     reference = mobilenet_rows[-1]
-    assert reference.csr_layers == 34 and reference.conv_layers == 53  # 17 expand + 17 project of 53 convs
+    assert (
+        reference.csr_layers == 34 and reference.conv_layers == 53
+    )  # 17 expand + 17 project of 53 convs
 
 
 def test_macs_match_layer_report_of_the_built_networks(mobilenet_rows):
@@ -64,10 +70,16 @@ def test_command_writes_markdown_csv_and_the_readme_block(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text(README)
     out = tmp_path / "results"
-    assert param_table.main(["--models", "resnet20", "--out-dir", str(out), "--readme", str(readme)]) == 0
+    assert (
+        param_table.main(["--models", "resnet20", "--out-dir", str(out), "--readme", str(readme)])
+        == 0
+    )
 
     markdown = (out / "param_table.md").read_text()
-    assert markdown.startswith("| model | preset | T |") and "| resnet20 | t4 | 4 | 18/19 | 269,722 |" in markdown
+    assert (
+        markdown.startswith("| model | preset | T |")
+        and "| resnet20 | t4 | 4 | 18/19 | 269,722 |" in markdown
+    )
     assert "**t{N}** (resnet20)" in markdown
     with open(out / "param_table.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -87,7 +99,9 @@ def test_readme_without_markers_is_refused_before_any_work(tmp_path, capsys):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers here\n")
     with pytest.raises(SystemExit):
-        param_table.main(["--models", "resnet20", "--out-dir", str(tmp_path / "r"), "--readme", str(readme)])
+        param_table.main(
+            ["--models", "resnet20", "--out-dir", str(tmp_path / "r"), "--readme", str(readme)]
+        )
     assert "PARAM_TABLE_START" in capsys.readouterr().err
     assert readme.read_text() == "# no markers here\n" and not (tmp_path / "r").exists()
 
@@ -98,11 +112,14 @@ def test_unknown_model_is_refused_with_the_valid_names(capsys):
     assert "resnet20" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("text", [
-    "no markers\n",
-    "<!-- PARAM_TABLE_END -->\n<!-- PARAM_TABLE_START -->\n",
-    "<!-- PARAM_TABLE_START -->\n<!-- PARAM_TABLE_START -->\n<!-- PARAM_TABLE_END -->\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "no markers\n",
+        "<!-- PARAM_TABLE_END -->\n<!-- PARAM_TABLE_START -->\n",
+        "<!-- PARAM_TABLE_START -->\n<!-- PARAM_TABLE_START -->\n<!-- PARAM_TABLE_END -->\n",
+    ],
+)
 def test_replace_block_rejects_missing_or_misordered_markers(text):
     with pytest.raises(ValueError, match="marker"):
         param_table.replace_block(text, "table")
@@ -115,9 +132,17 @@ def test_committed_table_covers_every_model_and_preset():
     listed = {(r["model"], r["preset"]) for r in rows}
     expected = {(m, p) for m in models.list_models() for p in ["t1", *models.list_presets(m)]}
     assert expected <= listed
-    spec = {"vgg16_cifar": 14_728_266, "resnet56": 853_018, "resnet110": 1_727_962, "densenet40": 1_019_722,
-            "mobilenetv2_cifar": 2_237_770, "resnet50": 25_557_032, "mobilenetv2": 3_504_872,
-            "efficientnet_b0": 5_288_548, "vgg16_bn": 138_365_992}
+    spec = {
+        "vgg16_cifar": 14_728_266,
+        "resnet56": 853_018,
+        "resnet110": 1_727_962,
+        "densenet40": 1_019_722,
+        "mobilenetv2_cifar": 2_237_770,
+        "resnet50": 25_557_032,
+        "mobilenetv2": 3_504_872,
+        "efficientnet_b0": 5_288_548,
+        "vgg16_bn": 138_365_992,
+    }
     for r in rows:
         if r["model"] in spec:
             assert int(r["ordinary_params"]) == spec[r["model"]]

@@ -13,36 +13,58 @@ from flax import linen as nn
 
 from csr_jax import models
 from csr_jax.csr_conv import CSRConv
-from csr_jax.policy import ROLES, ConvSite, CSRPolicy, PolicyError, Presets, Rule, TPreset, check_coverage, decide, parse_csr
+from csr_jax.policy import (
+    ROLES,
+    ConvSite,
+    CSRPolicy,
+    PolicyError,
+    Presets,
+    Rule,
+    TPreset,
+    check_coverage,
+    decide,
+    parse_csr,
+)
 
 
 def site(role="conv3x3", block=1, path="block_1/conv1", c_in=64, c_out=64, k=3, groups=1):
-    return ConvSite(path=path, role=role, block=block, in_channels=c_in, out_channels=c_out,
-                    kernel_size=(k, k), groups=groups)
+    return ConvSite(
+        path=path,
+        role=role,
+        block=block,
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel_size=(k, k),
+        groups=groups,
+    )
 
 
 # ------------------------------------------------------------------ validation
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(steps=0), "steps"),
-    (dict(steps=-2), "steps"),
-    (dict(steps=2.0), "steps"),
-    (dict(steps=True), "steps"),
-    (dict(steps=2, roles=("expnad",)), "Unknown role"),
-    (dict(steps=2, roles=()), "empty"),
-    (dict(steps=2, blocks=(5, 2)), "empty"),
-    (dict(steps=2, blocks=(0, 3)), "blocks"),
-    (dict(steps=2, blocks=(1, 2, 3)), "range"),
-    (dict(steps=2, path="block_(1"), "regular expression"),
-    (dict(steps=2, min_channels=0), "min_channels"),
-    (dict(steps=2, exclude="("), "regular expression"),
-    (dict(steps=2, kernel_sizes="3x3"), "kernel_sizes"),
-    (dict(steps=2, kernel_sizes=(0,)), "kernel_sizes"),
-    (dict(steps=2, min_in_channels=0), "min_in_channels"),
-    (dict(steps=2, groups=0), "groups"),
-    (dict(steps=2, depthwise="yes"), "depthwise"),
-    (dict(steps=2, use_conv_init=1), "use_conv_init"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps"),
+        (dict(steps=-2), "steps"),
+        (dict(steps=2.0), "steps"),
+        (dict(steps=True), "steps"),
+        (dict(steps=2, roles=("expnad",)), "Unknown role"),
+        (dict(steps=2, roles=()), "empty"),
+        (dict(steps=2, blocks=(5, 2)), "empty"),
+        (dict(steps=2, blocks=(0, 3)), "blocks"),
+        (dict(steps=2, blocks=(1, 2, 3)), "range"),
+        (dict(steps=2, path="block_(1"), "regular expression"),
+        (dict(steps=2, min_channels=0), "min_channels"),
+        (dict(steps=2, exclude="("), "regular expression"),
+        (dict(steps=2, kernel_sizes="3x3"), "kernel_sizes"),
+        (dict(steps=2, kernel_sizes=(0,)), "kernel_sizes"),
+        (dict(steps=2, min_in_channels=0), "min_in_channels"),
+        (dict(steps=2, groups=0), "groups"),
+        (dict(steps=2, depthwise="yes"), "depthwise"),
+        (dict(steps=2, use_conv_init=1), "use_conv_init"),
+    ],
+)
 def test_bad_rules_raise(kwargs, message):
     with pytest.raises(PolicyError, match=message):
         Rule(**kwargs)
@@ -69,9 +91,10 @@ def test_bad_policy_dicts_raise():
 
 # ------------------------------------------------------------------ matching
 
+
 def test_first_matching_rule_decides():
     policy = CSRPolicy(rules=(Rule(1, path=r"block_2/"), Rule(4, roles=("conv3x3",)), Rule(2)))
-    assert policy.decide(site(path="block_2/conv1", block=2)).steps == 1   # excluded by rule 0
+    assert policy.decide(site(path="block_2/conv1", block=2)).steps == 1  # excluded by rule 0
     assert policy.decide(site(path="block_2/conv1", block=2)).rule == 0
     assert policy.decide(site(path="block_3/conv1", block=3)).steps == 4
     assert policy.decide(site(role="stem", block=None, path="stem")).steps == 2
@@ -90,13 +113,15 @@ def test_path_regex_and_min_channels():
     rule = Rule(2, path=r"conv2$", min_channels=32)
     assert rule.matches(site(path="block_3/conv2", c_in=32, c_out=64))
     assert not rule.matches(site(path="block_3/conv2_bn", c_in=32, c_out=64))
-    assert not rule.matches(site(path="block_3/conv2", c_in=16, c_out=64))   # min(C_in, C_out) < 32
+    assert not rule.matches(site(path="block_3/conv2", c_in=16, c_out=64))  # min(C_in, C_out) < 32
 
 
 def test_kernel_size_channel_group_and_exclude_selectors_say_why_they_miss():
     conv1x1 = site(path="block_1/expand", c_in=16, c_out=96, k=1)
     dw = site(role="depthwise", path="block_1/depthwise", c_in=96, c_out=96, k=3, groups=96)
-    assert Rule(2, kernel_sizes=1).matches(conv1x1) and not Rule(2, kernel_sizes=(3, 5)).matches(conv1x1)
+    assert Rule(2, kernel_sizes=1).matches(conv1x1) and not Rule(2, kernel_sizes=(3, 5)).matches(
+        conv1x1
+    )
     assert Rule(2, kernel_sizes=[(1, 1)]).kernel_sizes == ((1, 1),)
     assert "kernel 1x1 not in (3x3, 5x5)" in Rule(2, kernel_sizes=(3, 5)).mismatch(conv1x1)
     assert "C_in=16 < min_in_channels=32" in Rule(2, min_in_channels=32).mismatch(conv1x1)
@@ -106,7 +131,9 @@ def test_kernel_size_channel_group_and_exclude_selectors_say_why_they_miss():
     assert Rule(2, depthwise=True).matches(dw) and not Rule(2, depthwise=True).matches(conv1x1)
     assert "depthwise conv" in Rule(2, depthwise=False).mismatch(dw)
     assert Rule(2).matches(dw)  # depthwise=None matches both
-    foreign = ConvSite(path="enc/Conv_0", role=None, block=None, in_channels=8, out_channels=8, kernel_size=(3, 3))
+    foreign = ConvSite(
+        path="enc/Conv_0", role=None, block=None, in_channels=8, out_channels=8, kernel_size=(3, 3)
+    )
     assert "no role" in Rule(2, roles=("conv3x3",)).mismatch(foreign)
     decision = CSRPolicy(rules=(Rule(2, roles=("conv3x3",)), Rule(3, path="dec"))).decide(foreign)
     assert decision.status == "unmatched" and "rule 0: the conv has no role" in decision.reason
@@ -114,9 +141,21 @@ def test_kernel_size_channel_group_and_exclude_selectors_say_why_they_miss():
 
 
 def test_rule_dict_round_trip_with_every_selector():
-    rule = Rule(3, roles=("expand",), blocks=(2, 4), path="a", exclude="b", kernel_sizes=(1, (1, 3)), min_channels=2,
-                min_in_channels=4, min_out_channels=5, groups=1, depthwise=False, only_if_smaller=True,
-                use_conv_init=True)
+    rule = Rule(
+        3,
+        roles=("expand",),
+        blocks=(2, 4),
+        path="a",
+        exclude="b",
+        kernel_sizes=(1, (1, 3)),
+        min_channels=2,
+        min_in_channels=4,
+        min_out_channels=5,
+        groups=1,
+        depthwise=False,
+        only_if_smaller=True,
+        use_conv_init=True,
+    )
     data = json.loads(json.dumps(rule.to_dict()))
     assert data["kernel_sizes"] == [[1, 1], [1, 3]] and Rule.from_dict(data) == rule
     assert rule.describe().startswith("Rule(steps=3, roles=['expand']")
@@ -147,7 +186,9 @@ def test_impossible_T_for_a_conv_is_an_error_that_says_how_to_skip_it():
 
 # ------------------------------------------------------------------ serialisation
 
-ALL_PRESETS = [(name, preset) for name in models.list_models() for preset in models.list_presets(name)]
+ALL_PRESETS = [
+    (name, preset) for name in models.list_models() for preset in models.list_presets(name)
+]
 
 
 @pytest.mark.parametrize("name, preset", ALL_PRESETS)
@@ -162,12 +203,21 @@ def test_presets_round_trip_through_json_and_explain_themselves(name, preset):
 
 def test_custom_policy_round_trip_keeps_every_field():
     policy = CSRPolicy(
-        rules=(Rule(1, path="block_1/"), Rule(3, roles=("expand", "head"), blocks=(2, 9), min_channels=8,
-                                             only_if_smaller=True)),
-        name="mine", description="why")
+        rules=(
+            Rule(1, path="block_1/"),
+            Rule(3, roles=("expand", "head"), blocks=(2, 9), min_channels=8, only_if_smaller=True),
+        ),
+        name="mine",
+        description="why",
+    )
     data = policy.to_dict()
-    assert data["rules"][1] == {"steps": 3, "roles": ["expand", "head"], "blocks": [2, 9],
-                                "min_channels": 8, "only_if_smaller": True}
+    assert data["rules"][1] == {
+        "steps": 3,
+        "roles": ["expand", "head"],
+        "blocks": [2, 9],
+        "min_channels": 8,
+        "only_if_smaller": True,
+    }
     assert CSRPolicy.from_dict(data) == policy
 
 
@@ -183,11 +233,17 @@ def test_t_presets_follow_their_number_and_t1_is_ordinary():
 def test_t_preset_data_becomes_rules_on_the_roles_where_csr_pays():
     t = TPreset(always=("project",), where_smaller=("expand", "head"), why="because")
     policy = t.policy(3, "t3")
-    assert policy.rules == (Rule(3, roles=("project",), min_channels=3),
-                            Rule(3, roles=("expand", "head"), min_channels=3, only_if_smaller=True))
+    assert policy.rules == (
+        Rule(3, roles=("project",), min_channels=3),
+        Rule(3, roles=("expand", "head"), min_channels=3, only_if_smaller=True),
+    )
     assert policy.description.startswith("because T = 3 throughout")
-    assert TPreset(always=("conv3x3",), why="w").policy(2, "t2").rules == (Rule(2, roles=("conv3x3",), min_channels=2),)
-    presets = Presets(t=t, named={"mine": CSRPolicy(rules=(Rule(2),), name="mine", description="d")})
+    assert TPreset(always=("conv3x3",), why="w").policy(2, "t2").rules == (
+        Rule(2, roles=("conv3x3",), min_channels=2),
+    )
+    presets = Presets(
+        t=t, named={"mine": CSRPolicy(rules=(Rule(2),), name="mine", description="d")}
+    )
     assert presets.names() == ["mine", "t2", "t3", "t4", "t8"]
     assert presets.reasons() == {"mine": "d", "t{N}": "because"}
     assert presets.get("mine").name == "mine" and presets.get("t5").rules[0].steps == 5
@@ -211,6 +267,7 @@ def test_parse_csr_reads_json_text_and_policy_files_and_leaves_preset_names(tmp_
 
 # ------------------------------------------------------------------ against a model
 
+
 def test_unknown_preset_and_model_errors_list_the_valid_names():
     with pytest.raises(PolicyError) as e:
         models.create("resnet20", num_classes=10, csr="t2x")
@@ -220,12 +277,18 @@ def test_unknown_preset_and_model_errors_list_the_valid_names():
     assert "resnet20" in str(e.value) and "mobilenetv2_cifar" in str(e.value)
 
 
-@pytest.mark.parametrize("rules, what", [
-    ((Rule(2, roles=("transition",)),), "transition"),          # a role resnet20 does not have
-    ((Rule(2, blocks=(10, 12)),), "blocks"),                     # resnet20 has blocks 1..9
-    ((Rule(2, path="bottleneck"),), "bottleneck"),               # no such path
-    ((Rule(2, roles=("conv3x3",)), Rule(3, roles=("conv3x3",), blocks=(1, 3))), "rule 1"),  # shadowed
-])
+@pytest.mark.parametrize(
+    "rules, what",
+    [
+        ((Rule(2, roles=("transition",)),), "transition"),  # a role resnet20 does not have
+        ((Rule(2, blocks=(10, 12)),), "blocks"),  # resnet20 has blocks 1..9
+        ((Rule(2, path="bottleneck"),), "bottleneck"),  # no such path
+        (
+            (Rule(2, roles=("conv3x3",)), Rule(3, roles=("conv3x3",), blocks=(1, 3))),
+            "rule 1",
+        ),  # shadowed
+    ],
+)
 def test_policy_rule_that_matches_no_layer_is_an_error(rules, what):
     with pytest.raises(PolicyError) as e:
         models.create("resnet20", num_classes=10, csr=CSRPolicy(rules=rules, name="bad"))
@@ -249,11 +312,14 @@ def test_every_preset_fits_its_model(name):
 
 
 def test_dict_policy_is_accepted_like_a_config_would_pass_it():
-    model = models.create("resnet20", num_classes=10, csr={"rules": [{"steps": 2, "roles": ["conv3x3"]}]})
+    model = models.create(
+        "resnet20", num_classes=10, csr={"rules": [{"steps": 2, "roles": ["conv3x3"]}]}
+    )
     assert model.conv.policy == CSRPolicy(rules=(Rule(2, roles=("conv3x3",)),))
 
 
 # ------------------------------------------- the authors' reference configurations (docs/backbones.md §2)
+
 
 def built_convs(model, input_shape):
     """(path, kind, steps, use_bias, depthwise) of every conv the built network really runs,
@@ -272,7 +338,9 @@ def built_convs(model, input_shape):
 
     def init(x):
         with nn.intercept_methods(interceptor):
-            return model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False)
+            return model.init(
+                {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False
+            )
 
     variables = jax.eval_shape(init, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32))
     return found, variables
@@ -300,14 +368,18 @@ def test_cifar_reference_is_every_expand_T3_and_every_project_T4_without_bias():
     assert csr == expected
     ordinary = {path for path, kind, *_ in convs if kind == "conv"}
     assert ordinary == {"stem", "head"} | {f"block_{i}/depthwise" for i in range(1, 18)}
-    conv_params = [n for n in _param_names(variables["params"]) if n[1:2] in (("expand",), ("project",))]
+    conv_params = [
+        n for n in _param_names(variables["params"]) if n[1:2] in (("expand",), ("project",))
+    ]
     assert len(conv_params) >= 34 * 2 and not any("bias" in n[-1] for n in conv_params)
 
 
 def test_imagenet_reference_is_blocks_6_to_17_only():
     convs, _ = reference_build("mobilenetv2")
     csr = {path: steps for path, kind, steps, *_ in convs if kind == "csr"}
-    expected = {f"block_{i}/expand": 3 for i in range(6, 18)} | {f"block_{i}/project": 4 for i in range(6, 18)}
+    expected = {f"block_{i}/expand": 3 for i in range(6, 18)} | {
+        f"block_{i}/project": 4 for i in range(6, 18)
+    }
     assert csr == expected
     ordinary = {path for path, kind, *_ in convs if kind == "conv"}
     # torchvision's first block (t = 1) has no expand conv.

@@ -45,15 +45,25 @@ def test_python_block_runs_as_pasted(line, code, tmp_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.setdefault("JAX_PLATFORMS", "cpu")
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=BLOCK_TIMEOUT_S)
-    assert result.returncode == 0, f"README.md block at line {line} failed:\n{result.stderr[-3000:]}"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BLOCK_TIMEOUT_S,
+    )
+    assert result.returncode == 0, (
+        f"README.md block at line {line} failed:\n{result.stderr[-3000:]}"
+    )
 
 
 def _commands() -> list[str]:
     """The commands of the 'Two commands on a fresh machine' block, comments dropped."""
     block = _blocks("bash")[0][1]
-    return [ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    return [
+        ln.strip() for ln in block.splitlines() if ln.strip() and not ln.strip().startswith("#")
+    ]
 
 
 def test_first_command_installs_what_the_default_run_needs():

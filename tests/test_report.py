@@ -73,7 +73,9 @@ def _num(cell: str) -> float:
 
 def test_command_writes_curves_png_and_summary_table(runs, tmp_path, capsys):
     out = tmp_path / "out"
-    rc = report_cli.main(["--workdir", str(runs["t2"]), "--workdir", str(runs["none"]), "--out", str(out)])
+    rc = report_cli.main(
+        ["--workdir", str(runs["t2"]), "--workdir", str(runs["none"]), "--out", str(out)]
+    )
     assert rc == 0, capsys.readouterr().err
 
     png = out / "report.png"

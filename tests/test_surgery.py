@@ -47,7 +47,6 @@ class ForeignCNN(nn.Module):
         return nn.Dense(self.num_classes, name="head")(x)
 
 
-
 ALL_CONVS = {"stem", "expand", "dw", "grouped", "dilated", "down", "block/conv_a", "block/conv_b"}
 
 
@@ -97,7 +96,11 @@ def test_report_lists_every_conv_with_status_and_reason(data):
     assert status["grouped"] == "unsupported" and "grouped" in report["grouped"].reason
     assert status["dilated"] == "unsupported" and "dilation" in report["dilated"].reason
     assert report["down"].strides == (2, 2) and report["down"].steps == 2
-    assert (report["expand"].c_in, report["expand"].c_out, report["expand"].kernel_size) == (8, 16, (1, 1))
+    assert (report["expand"].c_in, report["expand"].c_out, report["expand"].kernel_size) == (
+        8,
+        16,
+        (1, 1),
+    )
     text = str(report)
     for path in ALL_CONVS:
         assert path in text
@@ -148,23 +151,36 @@ def test_t1_conversion_with_copied_weights_reproduces_the_model(data):
     converted, report = convert(model, Rule(1), x, t1_as_csr=True)
     assert {r.path for r in report.converted} == ALL_CONVS - {"grouped", "dilated"}
     new_vars = transfer_weights(variables, _init(converted, _key(5), x), report)
-    np.testing.assert_allclose(_apply(converted, new_vars, x), _apply(model, variables, x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _apply(converted, new_vars, x), _apply(model, variables, x), rtol=1e-5, atol=1e-5
+    )
     y_new, upd_new = _apply(converted, new_vars, x, train=True, mutable=["batch_stats"])
     y_old, upd_old = _apply(model, variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(y_new, y_old, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(upd_new["batch_stats"]["stem_bn"]["var"], upd_old["batch_stats"]["stem_bn"]["var"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        upd_new["batch_stats"]["stem_bn"]["var"],
+        upd_old["batch_stats"]["stem_bn"]["var"],
+        rtol=1e-6,
+    )
 
 
 def test_transfer_weights_keeps_t_gt_1_layers_and_rejects_foreign_variables(data):
     model, x, variables = data
-    converted, report = convert(model, [Rule(1, path="^stem$"), Rule(2, path="block")], x, t1_as_csr=True)
+    converted, report = convert(
+        model, [Rule(1, path="^stem$"), Rule(2, path="block")], x, t1_as_csr=True
+    )
     fresh = _init(converted, _key(3), x)
     moved = transfer_weights(variables, fresh, report)
-    np.testing.assert_array_equal(moved["params"]["stem"]["input_kernel"], variables["params"]["stem"]["kernel"])
-    np.testing.assert_array_equal(moved["params"]["down"]["kernel"], variables["params"]["down"]["kernel"])
-    np.testing.assert_array_equal(moved["params"]["block"]["conv_a"]["input_kernel"],
-                                  fresh["params"]["block"]["conv_a"]["input_kernel"])
+    np.testing.assert_array_equal(
+        moved["params"]["stem"]["input_kernel"], variables["params"]["stem"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        moved["params"]["down"]["kernel"], variables["params"]["down"]["kernel"]
+    )
+    np.testing.assert_array_equal(
+        moved["params"]["block"]["conv_a"]["input_kernel"],
+        fresh["params"]["block"]["conv_a"]["input_kernel"],
+    )
     other = jax.eval_shape(ForeignCNN(num_classes=7).init, jax.random.key(4), x)
     with pytest.raises(SurgeryError, match="shape mismatch at params/head/"):
         transfer_weights(other, fresh, report)
@@ -183,7 +199,9 @@ def test_converted_layer_is_the_csr_layer():
     v = _init(converted, _key(1), x)
     layer = CSRConv(10, (3, 3), 3, strides=2, padding=((1, 0), (0, 1)), use_bias=True)
     y = _apply(converted, v, x)
-    np.testing.assert_allclose(y, _apply(layer, {"params": v["params"]["c"]}, x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        y, _apply(layer, {"params": v["params"]["c"]}, x), rtol=1e-6, atol=1e-6
+    )
     assert report["c"].out_hw == (4, 4)  # (9 + 1 - 3) // 2 + 1
 
 
@@ -191,13 +209,17 @@ def test_path_regex_and_channel_filters(data):
     model, x, _ = data
     _, report = convert(model, Rule(2, path=r"^block/", exclude="conv_b"), x)
     assert {r.path for r in report.converted} == {"block/conv_a"}
-    assert "exclude" in report["block/conv_b"].reason and "path not matched" in report["stem"].reason
+    assert (
+        "exclude" in report["block/conv_b"].reason and "path not matched" in report["stem"].reason
+    )
 
     _, report = convert(model, Rule(2, min_in_channels=8), x)
     assert report["stem"].status == "unmatched" and "min_in_channels" in report["stem"].reason
     assert report["expand"].converted
 
-    _, report = convert(model, Rule(2, min_out_channels=13, kernel_sizes=(1, 3), depthwise=False), x)
+    _, report = convert(
+        model, Rule(2, min_out_channels=13, kernel_sizes=(1, 3), depthwise=False), x
+    )
     assert {r.path for r in report.converted} == {"expand"}  # the only C_out >= 13 plain conv
 
     # A T = 1 rule carves an exception out of a broader rule below it.
@@ -230,11 +252,19 @@ def test_unsupported_layers_are_reported_and_left_alone():
     x = np.random.default_rng(2).normal(size=(1, 6, 6, 4)).astype(np.float32)
     converted, report = convert(Odd(), Rule(3), x)
     expected = {
-        "even": "even kernel", "circ": "padding 'CIRCULAR'", "in_dil": "input dilation",
-        "tconv": "ConvTranspose", "local": "ConvLocal", "conv1d": "1-D conv", "narrow": "exceeds",
+        "even": "even kernel",
+        "circ": "padding 'CIRCULAR'",
+        "in_dil": "input dilation",
+        "tconv": "ConvTranspose",
+        "local": "ConvLocal",
+        "conv1d": "1-D conv",
+        "narrow": "exceeds",
     }
     for path, reason in expected.items():
-        assert report[path].status == "unsupported" and reason in report[path].reason, (path, report[path].reason)
+        assert report[path].status == "unsupported" and reason in report[path].reason, (
+            path,
+            report[path].reason,
+        )
     assert [r.path for r in report.converted] == ["fine"]
     v = _init(converted, _key(1), x)
     for path in expected:
@@ -256,21 +286,26 @@ def test_jitted_gradient_step(data):
     @jax.jit
     def step(params, batch_stats, opt_state):
         def loss_fn(p):
-            logits, upd = converted.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
-                                          mutable=["batch_stats"])
+            logits, upd = converted.apply(
+                {"params": p, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"]
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), upd
 
         (loss, upd), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), upd["batch_stats"], opt_state, loss, grads
 
-    params, stats, opt_state, loss, grads = step(variables["params"], variables["batch_stats"], opt_state)
+    params, stats, opt_state, loss, grads = step(
+        variables["params"], variables["batch_stats"], opt_state
+    )
     assert np.isfinite(float(loss))
     for name in ("alpha", "beta", "hidden_kernel"):
         g = grads["dw"]["hidden"][name]
         assert float(jnp.abs(g).sum()) > 0, name
-    assert not np.allclose(params["expand"]["hidden"]["hidden_kernel"],
-                           variables["params"]["expand"]["hidden"]["hidden_kernel"])
+    assert not np.allclose(
+        params["expand"]["hidden"]["hidden_kernel"],
+        variables["params"]["expand"]["hidden"]["hidden_kernel"],
+    )
     _, _, _, loss2, _ = step(params, stats, opt_state)
     assert float(loss2) < float(loss)
 
@@ -329,7 +364,9 @@ def test_bad_policies_raise_clear_errors(data):
     with pytest.raises(PolicyError, match="match no conv") as e:
         convert(model, Rule(2, path="no_such_layer"), x)
     assert "block/conv_a" in str(e.value) and "allow_unused_rules=True" in str(e.value)
-    _, report = convert(model, [Rule(2, path="stem"), Rule(3, path="nothing")], x, allow_unused_rules=True)
+    _, report = convert(
+        model, [Rule(2, path="stem"), Rule(3, path="nothing")], x, allow_unused_rules=True
+    )
     assert report.unused_rules == (1,) and "UNUSED" in str(report)
     with pytest.raises(SurgeryError, match="unbound"):
         convert(model.bind({}), Rule(2), x)
@@ -337,13 +374,16 @@ def test_bad_policies_raise_clear_errors(data):
 
 def test_the_backbone_policy_type_drives_surgery_and_roles_say_they_need_a_backbone(data):
     model, x, _ = data
-    policy = CSRPolicy.from_json(CSRPolicy(rules=(Rule(1, path="conv_b"), Rule(2, path="block"))).to_json())
+    policy = CSRPolicy.from_json(
+        CSRPolicy(rules=(Rule(1, path="conv_b"), Rule(2, path="block"))).to_json()
+    )
     _, report = convert(model, policy, x)
     assert report["block/conv_b"].status == "kept" and report["block/conv_a"].steps == 2
     assert report.policy == policy
     with pytest.raises(PolicyError, match="no roles or blocks"):
         convert(model, Rule(2, roles=("expand",)), x)
     import csr_jax.surgery
+
     with pytest.raises(AttributeError, match="Rule"):
         csr_jax.surgery.ConvRule  # noqa: B018  (the old name says what replaced it)
 

@@ -23,17 +23,23 @@ from csr_jax import CSRConv, models  # noqa: E402
 
 def _jax_params(name: str, csr: str | None) -> int:
     model = models.create(name, num_classes=10, csr=csr)
-    init = lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
-                              jnp.zeros((1, 32, 32, 3)), train=False)
+    init = lambda: model.init(
+        {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+        jnp.zeros((1, 32, 32, 3)),
+        train=False,
+    )
     return csr_jax.count_params(jax.eval_shape(init))
 
 
-@pytest.mark.parametrize("name, csr, build", [
-    ("mobilenetv2_cifar", None, lambda: torch_models.MobileNetV2Cifar(csr=False)),
-    ("mobilenetv2_cifar", "reference", lambda: torch_models.MobileNetV2Cifar(csr=True)),
-    ("resnet20", None, lambda: torch_models.ResNetCifar(3)),
-    ("resnet20", "t2", lambda: torch_models.ResNetCifar(3, steps=2)),
-])
+@pytest.mark.parametrize(
+    "name, csr, build",
+    [
+        ("mobilenetv2_cifar", None, lambda: torch_models.MobileNetV2Cifar(csr=False)),
+        ("mobilenetv2_cifar", "reference", lambda: torch_models.MobileNetV2Cifar(csr=True)),
+        ("resnet20", None, lambda: torch_models.ResNetCifar(3)),
+        ("resnet20", "t2", lambda: torch_models.ResNetCifar(3, steps=2)),
+    ],
+)
 def test_param_counts_equal_csr_jax(name, csr, build):
     assert torch_models.count_params(build()) == _jax_params(name, csr)
 
@@ -48,7 +54,9 @@ def _to_torch(kernel) -> torch.Tensor:
     return torch.from_numpy(np.asarray(kernel).transpose(3, 2, 0, 1).copy())
 
 
-@pytest.mark.parametrize("c_in, c_out, k, steps, stride", [(5, 7, 1, 3, 1), (6, 8, 3, 2, 2), (8, 8, 3, 4, 1)])
+@pytest.mark.parametrize(
+    "c_in, c_out, k, steps, stride", [(5, 7, 1, 3, 1), (6, 8, 3, 2, 2), (8, 8, 3, 4, 1)]
+)
 def test_step_by_step_layer_computes_csrconv(c_in, c_out, k, steps, stride):
     x = np.random.default_rng(0).standard_normal((2, 9, 9, c_in)).astype(np.float32)
     layer = CSRConv(c_out, k, steps, strides=stride, padding=(k - 1) // 2)

@@ -76,23 +76,29 @@ def pad_batch_to(images: np.ndarray, size: int, extra: int = 0) -> np.ndarray:
     if h > size or w > size:
         raise ValueError(f"cannot pad {h}x{w} images to {size}x{size}")
     top, left = (size - h) // 2, (size - w) // 2
-    pad = ((0, 0), (top + extra, size - h - top + extra), (left + extra, size - w - left + extra),
-           (0, 0))
+    pad = (
+        (0, 0),
+        (top + extra, size - h - top + extra),
+        (left + extra, size - w - left + extra),
+        (0, 0),
+    )
     if not any(p for axis in pad for p in axis):
         return images
     return np.pad(images, pad)
 
 
-def draw_crop_flip(rng: np.random.Generator, n: int, max_offset: int,
-                   flip: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def draw_crop_flip(
+    rng: np.random.Generator, n: int, max_offset: int, flip: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draws ``n`` crop offsets in ``[0, max_offset]`` (y and x) and flip decisions."""
     offsets = rng.integers(0, max_offset + 1, size=(2, n))
     flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
     return offsets[0], offsets[1], flips
 
 
-def crop_flip(padded: np.ndarray, size: int, offset_y: np.ndarray, offset_x: np.ndarray,
-              flips: np.ndarray) -> np.ndarray:
+def crop_flip(
+    padded: np.ndarray, size: int, offset_y: np.ndarray, offset_x: np.ndarray, flips: np.ndarray
+) -> np.ndarray:
     """Crops ``size x size`` windows at the given offsets and mirrors the flagged ones.
 
     One gather for the whole batch: row and column index grids per example, with the column
@@ -105,8 +111,9 @@ def crop_flip(padded: np.ndarray, size: int, offset_y: np.ndarray, offset_x: np.
     return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
-def normalize(images: np.ndarray, mean: Sequence[float], std: Sequence[float],
-              pixel_max: float) -> np.ndarray:
+def normalize(
+    images: np.ndarray, mean: Sequence[float], std: Sequence[float], pixel_max: float
+) -> np.ndarray:
     """``(images / pixel_max - mean) / std`` per channel, as one float32 multiply-add."""
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
@@ -121,9 +128,13 @@ _ATTEMPTS = 10
 INCEPTION_DRAWS = 2 * _ATTEMPTS + 2
 
 
-def inception_crop_box(u: np.ndarray, height: int, width: int,
-                       scale: tuple[float, float] = (0.08, 1.0),
-                       ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+def inception_crop_box(
+    u: np.ndarray,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> tuple[int, int, int, int]:
     """The random-resized-crop box ``(top, left, h, w)`` from ``INCEPTION_DRAWS`` uniforms.
 
     The procedure of Szegedy et al. (2015) as torchvision implements it: up to ten tries of an
@@ -157,12 +168,13 @@ def _pil():
     return Image
 
 
-def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int,
-                 flip: bool) -> np.ndarray:
+def resized_crop(
+    image: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool
+) -> np.ndarray:
     """Crops ``box`` from a ``(H, W, 3)`` uint8 image, resizes to ``size``, optionally mirrors."""
     image_mod = _pil()
     top, left, h, w = box
-    pil = image_mod.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
+    pil = image_mod.fromarray(np.ascontiguousarray(image[top : top + h, left : left + w]))
     pil = pil.resize((size, size), image_mod.BILINEAR)
     if flip:
         pil = pil.transpose(image_mod.FLIP_LEFT_RIGHT)
@@ -177,7 +189,8 @@ def resize_center_crop(image: np.ndarray, resize: int, size: int) -> np.ndarray:
         new_h, new_w = resize, max(resize, int(round(w * resize / h)))
     else:
         new_h, new_w = max(resize, int(round(h * resize / w))), resize
-    pil = image_mod.fromarray(np.ascontiguousarray(image)).resize((new_w, new_h),
-                                                                  image_mod.BILINEAR)
+    pil = image_mod.fromarray(np.ascontiguousarray(image)).resize(
+        (new_w, new_h), image_mod.BILINEAR
+    )
     top, left = (new_h - size) // 2, (new_w - size) // 2
-    return np.asarray(pil)[top:top + size, left:left + size]
+    return np.asarray(pil)[top : top + size, left : left + size]

@@ -37,7 +37,8 @@ def _split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     images = (bunch.images / 16.0).astype(np.float32)
     labels = bunch.target.astype(np.int32)
     train_idx, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=NUM_TEST, stratify=labels, random_state=SPLIT_SEED)
+        np.arange(len(labels)), test_size=NUM_TEST, stratify=labels, random_state=SPLIT_SEED
+    )
     return images, labels, np.sort(train_idx), np.sort(test_idx)
 
 

@@ -71,7 +71,8 @@ class IDXFormatError(ValueError):
 def _corrupt(path: str, what: str) -> IDXFormatError:
     return IDXFormatError(
         f"{path}: {what}. The file is corrupt or not a Fashion-MNIST IDX file; reinstall it "
-        f"(apt-get install --reinstall dataset-fashion-mnist) or download the original again.")
+        f"(apt-get install --reinstall dataset-fashion-mnist) or download the original again."
+    )
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -104,8 +105,9 @@ def read_idx(path: str) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", data[4:header])
     expected = header + int(np.prod(dims, dtype=np.int64))
     if len(data) != expected:
-        raise _corrupt(path, f"header says {dims} ({expected} bytes in all) but the file has "
-                       f"{len(data)} bytes")
+        raise _corrupt(
+            path, f"header says {dims} ({expected} bytes in all) but the file has {len(data)} bytes"
+        )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -139,8 +141,9 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, split: str, paths: dict[
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(paths_key: tuple[tuple[str, str], ...],
-                 stamp: tuple[float, ...]) -> dict[str, np.ndarray]:
+def _load_cached(
+    paths_key: tuple[tuple[str, str], ...], stamp: tuple[float, ...]
+) -> dict[str, np.ndarray]:
     del stamp  # Only part of the cache key, so that rewritten files are read again.
     paths = dict(paths_key)
     out = {key: read_idx(path) for key, path in paths.items()}
@@ -168,8 +171,9 @@ def load_idx_dir(directory: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def _tfds_default_dir() -> str:
-    return os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"),
-                                                           "tensorflow_datasets")
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets"
+    )
 
 
 def _tfds_prepared(directory: str) -> bool:
@@ -185,7 +189,8 @@ def _not_found_message(where: str) -> str:
         f"'fashion_mnist' in {where}. Either install the Debian package "
         f"(`apt-get install dataset-fashion-mnist`, which puts the files in {DEFAULT_DIR}/), or "
         f"point `--config.data_dir` at a directory holding the four IDX files, or prepare the "
-        f"tfds version with `{prepare_command('fashion_mnist')} [--data_dir DIR]`.")
+        f"tfds version with `{prepare_command('fashion_mnist')} [--data_dir DIR]`."
+    )
 
 
 def resolve(data_dir: str | os.PathLike | None) -> tuple[str, str | None]:
@@ -200,8 +205,9 @@ def resolve(data_dir: str | os.PathLike | None) -> tuple[str, str | None]:
             return "idx", DEFAULT_DIR
         if _tfds_prepared(_tfds_default_dir()):
             return "tfds", None
-        raise DatasetNotFoundError(_not_found_message(
-            f"{DEFAULT_DIR} (default) or tfds's data dir {_tfds_default_dir()}"))
+        raise DatasetNotFoundError(
+            _not_found_message(f"{DEFAULT_DIR} (default) or tfds's data dir {_tfds_default_dir()}")
+        )
     data_dir = os.fspath(data_dir)
     if find_idx_files(data_dir) is not None:
         return "idx", data_dir

@@ -42,16 +42,20 @@ from csr_jax.data import registry
 from csr_jax.data.info import DatasetInfo
 from csr_jax.data.transforms import BatchLayout
 
-__all__ = ["get_info", "make_train_iterator", "make_eval_iterator", "TrainIterator",
-           "EvalIterator"]
+__all__ = ["get_info", "make_train_iterator", "make_eval_iterator", "TrainIterator", "EvalIterator"]
 
 _STATE_VERSION = 1
 # What a state saved before an identity field existed implies for it.
 _IDENTITY_DEFAULTS = {"mock_data": False}
 
 
-def get_info(name: str, *, data_dir: str | os.PathLike | None = None,
-             image_size: int | None = None, mock_data: bool = False) -> DatasetInfo:
+def get_info(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    mock_data: bool = False,
+) -> DatasetInfo:
     """Static facts about ``name`` (raises ``DatasetNotFoundError`` if its data is missing)."""
     return registry.build(name, data_dir, image_size, mock_data).info
 
@@ -63,13 +67,16 @@ def _processes(process_index: int | None, process_count: int | None) -> tuple[in
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"need 0 <= process_index < process_count, got process_index="
-                         f"{process_index}, process_count={process_count}")
+        raise ValueError(
+            f"need 0 <= process_index < process_count, got process_index="
+            f"{process_index}, process_count={process_count}"
+        )
     return int(process_index), int(process_count)
 
 
-def _layout(global_batch_size: int, process_index: int | None,
-            process_count: int | None) -> BatchLayout:
+def _layout(
+    global_batch_size: int, process_index: int | None, process_count: int | None
+) -> BatchLayout:
     p, count = _processes(process_index, process_count)
     if global_batch_size < 1:
         raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
@@ -77,7 +84,8 @@ def _layout(global_batch_size: int, process_index: int | None,
         raise ValueError(
             f"global_batch_size={global_batch_size} is not divisible by the number of processes "
             f"({count}); every process must hold the same number of examples. Use a batch size "
-            f"that is a multiple of {count}.")
+            f"that is a multiple of {count}."
+        )
     return BatchLayout(int(global_batch_size), p, count)
 
 
@@ -102,8 +110,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         dropped, a different one every epoch since the order is reshuffled).
     """
 
-    def __init__(self, grain_iterator, info: DatasetInfo, steps_per_epoch: int,
-                 identity: dict[str, Any]):
+    def __init__(
+        self, grain_iterator, info: DatasetInfo, steps_per_epoch: int, identity: dict[str, Any]
+    ):
         self._it = grain_iterator
         self.info = info
         self.steps_per_epoch = steps_per_epoch
@@ -130,19 +139,30 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
         saved = {k: state.get(k, _IDENTITY_DEFAULTS.get(k)) for k in self._identity}
         mismatched = {k: (saved[k], v) for k, v in self._identity.items() if saved[k] != v}
         if state.get("version") != _STATE_VERSION or mismatched:
-            details = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in
-                                mismatched.items()) or f"version {state.get('version')!r}"
+            details = (
+                ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in mismatched.items())
+                or f"version {state.get('version')!r}"
+            )
             raise ValueError(
                 f"the saved data-iterator state belongs to a different input stream ({details}); "
                 "resume with the same dataset, seed, batch size, image size and mock_data, or "
-                "start a new run.")
+                "start a new run."
+            )
         self._it.set_state(state["grain"])
 
 
-def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
-                        data_dir: str | os.PathLike | None = None, image_size: int | None = None,
-                        process_index: int | None = None, process_count: int | None = None,
-                        num_threads: int | None = None, mock_data: bool = False) -> TrainIterator:
+def make_train_iterator(
+    name: str,
+    *,
+    global_batch_size: int,
+    seed: int,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int | None = None,
+    mock_data: bool = False,
+) -> TrainIterator:
     """The training stream of ``name`` for this process (see the module docstring).
 
     ``num_threads``: grain worker threads that read and augment upcoming batches in the
@@ -153,8 +173,10 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
     n = len(dataset.train)
     steps = n // layout.global_batch_size
     if steps == 0:
-        raise ValueError(f"{name}: global_batch_size={global_batch_size} is larger than the "
-                         f"training split ({n} examples); use a smaller batch size.")
+        raise ValueError(
+            f"{name}: global_batch_size={global_batch_size} is larger than the "
+            f"training split ({n} examples); use a smaller batch size."
+        )
     source, transform = dataset.train, dataset.transform
     gb, p, count = layout.global_batch_size, layout.process_index, layout.process_count
     shuffle_seed = _sub_seed(seed, 0)
@@ -165,7 +187,7 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
 
     def step_indices(step: int, _) -> np.ndarray:
         epoch, in_epoch = divmod(step, steps)
-        return permutation(epoch)[in_epoch * gb:(in_epoch + 1) * gb][p::count]
+        return permutation(epoch)[in_epoch * gb : (in_epoch + 1) * gb][p::count]
 
     def read(indices: np.ndarray):
         return source.read(indices)
@@ -173,15 +195,22 @@ def make_train_iterator(name: str, *, global_batch_size: int, seed: int,
     def augment(raw, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return transform.train(raw[0], raw[1], rng, layout)
 
-    ds = (grain.MapDataset.range(steps)
-          .repeat()
-          .map_with_index(step_indices)
-          .map(read)
-          .random_map(augment, seed=_sub_seed(seed, 1)))
+    ds = (
+        grain.MapDataset.range(steps)
+        .repeat()
+        .map_with_index(step_indices)
+        .map(read)
+        .random_map(augment, seed=_sub_seed(seed, 1))
+    )
     iterator = iter(ds.to_iter_dataset(_read_options(num_threads)))
-    identity = {"dataset": name, "seed": int(seed), "global_batch_size": layout.global_batch_size,
-                "image_shape": list(dataset.info.image_shape), "num_train": n,
-                "mock_data": bool(mock_data)}
+    identity = {
+        "dataset": name,
+        "seed": int(seed),
+        "global_batch_size": layout.global_batch_size,
+        "image_shape": list(dataset.info.image_shape),
+        "num_train": n,
+        "mock_data": bool(mock_data),
+    }
     return TrainIterator(iterator, dataset.info, steps, identity)
 
 
@@ -208,10 +237,17 @@ class EvalIterator(Iterator[dict[str, np.ndarray]]):
         return self.num_batches
 
 
-def make_eval_iterator(name: str, *, global_batch_size: int,
-                       data_dir: str | os.PathLike | None = None, image_size: int | None = None,
-                       process_index: int | None = None, process_count: int | None = None,
-                       num_threads: int | None = None, mock_data: bool = False) -> EvalIterator:
+def make_eval_iterator(
+    name: str,
+    *,
+    global_batch_size: int,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int | None = None,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    num_threads: int | None = None,
+    mock_data: bool = False,
+) -> EvalIterator:
     """Every eval example exactly once over all processes, in a fixed order (no augmentation).
 
     The last global batch is padded: padding rows are zero images with label 0 and ``mask``
@@ -234,9 +270,15 @@ def make_eval_iterator(name: str, *, global_batch_size: int,
             image[mask], label[mask] = out["image"], out["label"]
         return {"image": image, "label": label, "mask": mask}
 
-    ds = (grain.MapDataset.range(num_batches)
-          .map(lambda b: np.arange(b * layout.global_batch_size,
-                                   (b + 1) * layout.global_batch_size)[layout.positions])
-          .map(read_and_transform))
-    return EvalIterator(iter(ds.to_iter_dataset(_read_options(num_threads))), dataset.info,
-                        num_batches)
+    ds = (
+        grain.MapDataset.range(num_batches)
+        .map(
+            lambda b: np.arange(b * layout.global_batch_size, (b + 1) * layout.global_batch_size)[
+                layout.positions
+            ]
+        )
+        .map(read_and_transform)
+    )
+    return EvalIterator(
+        iter(ds.to_iter_dataset(_read_options(num_threads))), dataset.info, num_batches
+    )

@@ -51,15 +51,23 @@ Builder = Callable[[DataDir, int | None, bool], Dataset]  # (data_dir, image_siz
 def _size(name: str, image_size: int | None, default: int, minimum: int = 1) -> int:
     if image_size is None:
         return default
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) \
-            or image_size < minimum:
+    if (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size < minimum
+    ):
         raise ValueError(f"{name}: image_size must be an integer >= {minimum}, got {image_size!r}")
     return int(image_size)
 
 
 def _info(name: str, num_classes: int, size: int, channels: int, train, eval_) -> DatasetInfo:
-    return DatasetInfo(name=name, num_classes=num_classes, image_shape=(size, size, channels),
-                       num_train=len(train), num_eval=len(eval_))
+    return DatasetInfo(
+        name=name,
+        num_classes=num_classes,
+        image_shape=(size, size, channels),
+        num_train=len(train),
+        num_eval=len(eval_),
+    )
 
 
 def _digits(data_dir: DataDir, image_size: int | None, mock: bool) -> Dataset:
@@ -71,8 +79,15 @@ def _digits(data_dir: DataDir, image_size: int | None, mock: bool) -> Dataset:
     # The digits' own statistics, measured on the training split at this resolution.
     mean, std = float(train.images.mean()), float(train.images.std())
     # No flip: a mirrored 2, 3, 4, 5, 7 or 9 is not that digit any more (and 6/9 are rotations).
-    transform = SmallImages(size=size, pad_to_size=False, crop_pad=size // 8, flip=False,
-                            mean=(mean,), std=(std,), pixel_max=1.0)
+    transform = SmallImages(
+        size=size,
+        pad_to_size=False,
+        crop_pad=size // 8,
+        flip=False,
+        mean=(mean,),
+        std=(std,),
+        pixel_max=1.0,
+    )
     return Dataset(_info("digits", 10, size, 1, train, eval_), train, eval_, transform)
 
 
@@ -86,9 +101,15 @@ def _fashion_mnist(data_dir: DataDir, image_size: int | None, mock: bool) -> Dat
     else:
         train = _tfds_split("fashion_mnist", "train", where, mock)
         eval_ = _tfds_split("fashion_mnist", "test", where, mock)
-    transform = SmallImages(size=size, pad_to_size=size >= fashion_mnist.NATIVE_SIZE,
-                            crop_pad=size // 8, flip=True, mean=fashion_mnist.MEAN,
-                            std=fashion_mnist.STD, pixel_max=255.0)
+    transform = SmallImages(
+        size=size,
+        pad_to_size=size >= fashion_mnist.NATIVE_SIZE,
+        crop_pad=size // 8,
+        flip=True,
+        mean=fashion_mnist.MEAN,
+        std=fashion_mnist.STD,
+        pixel_max=255.0,
+    )
     return Dataset(_info("fashion_mnist", 10, size, 1, train, eval_), train, eval_, transform)
 
 
@@ -106,9 +127,15 @@ def _cifar(name: str, num_classes: int) -> Builder:
         train = _tfds_split(name, "train", data_dir, mock)
         eval_ = _tfds_split(name, "test", data_dir, mock)
         # The reference normalises CIFAR with ImageNet's mean/std; we follow it.
-        transform = SmallImages(size=size, pad_to_size=False, crop_pad=size // 8, flip=True,
-                                mean=augment.IMAGENET_MEAN, std=augment.IMAGENET_STD,
-                                pixel_max=255.0)
+        transform = SmallImages(
+            size=size,
+            pad_to_size=False,
+            crop_pad=size // 8,
+            flip=True,
+            mean=augment.IMAGENET_MEAN,
+            std=augment.IMAGENET_STD,
+            pixel_max=255.0,
+        )
         return Dataset(_info(name, num_classes, size, 3, train, eval_), train, eval_, transform)
 
     return build_cifar
@@ -118,20 +145,29 @@ def _imagenet(data_dir: DataDir, image_size: int | None, mock: bool) -> Dataset:
     size = _size("imagenet2012", image_size, 224)
     train = _tfds_split("imagenet2012", "train", data_dir, mock)
     eval_ = _tfds_split("imagenet2012", "validation", data_dir, mock)
-    return Dataset(_info("imagenet2012", 1000, size, 3, train, eval_), train, eval_,
-                   ImageNetImages(size))
+    return Dataset(
+        _info("imagenet2012", 1000, size, 3, train, eval_), train, eval_, ImageNetImages(size)
+    )
 
 
-def _synthetic(name: str, default_size: int, num_classes: int, num_train: int,
-               num_eval: int) -> Builder:
+def _synthetic(
+    name: str, default_size: int, num_classes: int, num_train: int, num_eval: int
+) -> Builder:
     def build_synthetic(data_dir: DataDir, image_size: int | None, mock: bool) -> Dataset:
         del data_dir, mock  # Needs no files.
         size = _size(name, image_size, default_size)
         train = synthetic.SyntheticSource(num_train, size, 3, num_classes)
         eval_ = synthetic.SyntheticSource(num_eval, size, 3, num_classes)
         # No augmentation: benchmarks should time the model, not the crop.
-        transform = SmallImages(size=size, pad_to_size=False, crop_pad=0, flip=False,
-                                mean=(0.5,) * 3, std=(0.5,) * 3, pixel_max=255.0)
+        transform = SmallImages(
+            size=size,
+            pad_to_size=False,
+            crop_pad=0,
+            flip=False,
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+            pixel_max=255.0,
+        )
         return Dataset(_info(name, num_classes, size, 3, train, eval_), train, eval_, transform)
 
     return build_synthetic
@@ -154,8 +190,9 @@ def list_datasets() -> list[str]:
     return sorted(_BUILDERS)
 
 
-def build(name: str, data_dir: DataDir = None, image_size: int | None = None,
-          mock: bool = False) -> Dataset:
+def build(
+    name: str, data_dir: DataDir = None, image_size: int | None = None, mock: bool = False
+) -> Dataset:
     """Builds ``name``; raises ValueError for an unknown name, DatasetNotFoundError if absent.
 
     ``mock=True``: tfds mock data instead of files for the tfds-backed datasets (module
@@ -164,8 +201,9 @@ def build(name: str, data_dir: DataDir = None, image_size: int | None = None,
     try:
         builder = _BUILDERS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}") \
-            from None
+        raise ValueError(
+            f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
+        ) from None
     if not isinstance(mock, (bool, np.bool_)):
         raise ValueError(f"mock must be True or False, got {mock!r}")
     return builder(data_dir, image_size, bool(mock))

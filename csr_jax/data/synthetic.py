@@ -22,8 +22,9 @@ _POOL_SEED = 20230103
 @functools.lru_cache(maxsize=4)
 def _pool(image_size: int, channels: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(_POOL_SEED)
-    images = rng.integers(0, 256, size=(POOL_SIZE, image_size, image_size, channels),
-                          dtype=np.uint8)
+    images = rng.integers(
+        0, 256, size=(POOL_SIZE, image_size, image_size, channels), dtype=np.uint8
+    )
     labels = rng.integers(0, num_classes, size=POOL_SIZE).astype(np.int32)
     images.setflags(write=False)
     labels.setflags(write=False)

@@ -35,10 +35,14 @@ __all__ = ["MOCK_SPLIT_SIZES", "TfdsSource", "open_mock_split", "open_split"]
 
 # The real splits' lengths, so that a mock run has the real run's epochs and schedule.
 MOCK_SPLIT_SIZES: dict[tuple[str, str], int] = {
-    ("cifar10", "train"): 50_000, ("cifar10", "test"): 10_000,
-    ("cifar100", "train"): 50_000, ("cifar100", "test"): 10_000,
-    ("fashion_mnist", "train"): 60_000, ("fashion_mnist", "test"): 10_000,
-    ("imagenet2012", "train"): 1_281_167, ("imagenet2012", "validation"): 50_000,
+    ("cifar10", "train"): 50_000,
+    ("cifar10", "test"): 10_000,
+    ("cifar100", "train"): 50_000,
+    ("cifar100", "test"): 10_000,
+    ("fashion_mnist", "train"): 60_000,
+    ("fashion_mnist", "test"): 10_000,
+    ("imagenet2012", "train"): 1_281_167,
+    ("imagenet2012", "validation"): 50_000,
 }
 
 
@@ -68,16 +72,22 @@ class TfdsSource:
 
 
 def _not_prepared(name: str, data_dir: str | None, detail: str) -> DatasetNotFoundError:
-    where = data_dir if data_dir is not None else "tfds's default data dir ($TFDS_DATA_DIR or " \
-        "~/tensorflow_datasets)"
-    extra = (" ImageNet cannot be downloaded automatically: see `python -m "
-             "experiments.prepare_data imagenet2012 --help` for where to put the archives.")
+    where = (
+        data_dir
+        if data_dir is not None
+        else "tfds's default data dir ($TFDS_DATA_DIR or ~/tensorflow_datasets)"
+    )
+    extra = (
+        " ImageNet cannot be downloaded automatically: see `python -m "
+        "experiments.prepare_data imagenet2012 --help` for where to put the archives."
+    )
     return DatasetNotFoundError(
         f"tensorflow-datasets '{name}' is not prepared (as array_record) in {where}: {detail}. "
         f"Prepare it once with `{prepare_command(name)}"
         f"{' --data_dir ' + data_dir if data_dir is not None else ''}` "
         f"(needs TensorFlow: pip install -e '.[prepare]'), or pass the data_dir that holds it."
-        + (extra if name == "imagenet2012" else ""))
+        + (extra if name == "imagenet2012" else "")
+    )
 
 
 def open_split(name: str, split: str, data_dir: str | os.PathLike | None) -> TfdsSource:
@@ -103,9 +113,11 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike | None) -> Tfd
             raise _not_prepared(name, data_dir, "no prepared data found") from e
         if file_format is not None and "array_record" not in str(file_format).lower():
             raise _not_prepared(
-                name, data_dir,
+                name,
+                data_dir,
                 f"it was prepared as {file_format}, which has no random access; prepare it again "
-                "into another data_dir (prepare_data writes array_record)") from e
+                "into another data_dir (prepare_data writes array_record)",
+            ) from e
         raise
     return TfdsSource(source, name, split)
 
@@ -136,11 +148,15 @@ def open_mock_split(name: str, split: str) -> TfdsSource:
     try:
         num_examples = MOCK_SPLIT_SIZES[(name, split)]
     except KeyError:
-        raise ValueError(f"no mock data for tfds split {name!r}/{split!r}; mock splits: "
-                         f"{sorted(MOCK_SPLIT_SIZES)}") from None
+        raise ValueError(
+            f"no mock data for tfds split {name!r}/{split!r}; mock splits: "
+            f"{sorted(MOCK_SPLIT_SIZES)}"
+        ) from None
     import tensorflow_datasets as tfds  # Lazy, as in open_split.
 
-    with _quiet_mock_warnings(), tfds.testing.mock_data(
-            num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE):
+    with (
+        _quiet_mock_warnings(),
+        tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_CODE),
+    ):
         source = tfds.data_source(name, split=split, download=False)
     return TfdsSource(source, name, split)

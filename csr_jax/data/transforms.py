@@ -76,22 +76,28 @@ class SmallImages:
         images = augment.resize_batch(images, self.size) if images.shape[1] != self.size else images
         return augment.pad_batch_to(images, self.size, extra) if extra else images
 
-    def train(self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-              layout: BatchLayout) -> dict[str, np.ndarray]:
+    def train(
+        self, images: np.ndarray, labels: np.ndarray, rng: np.random.Generator, layout: BatchLayout
+    ) -> dict[str, np.ndarray]:
         if self.crop_pad == 0 and not self.flip:
             return self.eval(images, labels)
         padded = self._geometry(images, self.crop_pad)
-        oy, ox, flips = augment.draw_crop_flip(rng, layout.global_batch_size, 2 * self.crop_pad,
-                                               self.flip)
+        oy, ox, flips = augment.draw_crop_flip(
+            rng, layout.global_batch_size, 2 * self.crop_pad, self.flip
+        )
         pos = layout.positions
         images = augment.crop_flip(padded, self.size, oy[pos], ox[pos], flips[pos])
-        return {"image": augment.normalize(images, self.mean, self.std, self.pixel_max),
-                "label": labels.astype(np.int32)}
+        return {
+            "image": augment.normalize(images, self.mean, self.std, self.pixel_max),
+            "label": labels.astype(np.int32),
+        }
 
     def eval(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
         images = self._geometry(images, 0)
-        return {"image": augment.normalize(images, self.mean, self.std, self.pixel_max),
-                "label": labels.astype(np.int32)}
+        return {
+            "image": augment.normalize(images, self.mean, self.std, self.pixel_max),
+            "label": labels.astype(np.int32),
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +111,13 @@ class ImageNetImages:
         """Shorter side before the eval centre crop: 256 for 224, same ratio otherwise."""
         return int(round(self.size * 256 / 224))
 
-    def train(self, images: Sequence[np.ndarray], labels: np.ndarray, rng: np.random.Generator,
-              layout: BatchLayout) -> dict[str, np.ndarray]:
+    def train(
+        self,
+        images: Sequence[np.ndarray],
+        labels: np.ndarray,
+        rng: np.random.Generator,
+        layout: BatchLayout,
+    ) -> dict[str, np.ndarray]:
         draws = rng.random((layout.global_batch_size, augment.INCEPTION_DRAWS + 1))
         draws = draws[layout.positions]
         out = np.empty((len(images), self.size, self.size, 3), np.uint8)
@@ -114,15 +125,19 @@ class ImageNetImages:
             image = _rgb(image)
             box = augment.inception_crop_box(draws[i, :-1], image.shape[0], image.shape[1])
             out[i] = augment.resized_crop(image, box, self.size, flip=bool(draws[i, -1] < 0.5))
-        return {"image": augment.normalize(out, augment.IMAGENET_MEAN, augment.IMAGENET_STD, 255),
-                "label": np.asarray(labels, np.int32)}
+        return {
+            "image": augment.normalize(out, augment.IMAGENET_MEAN, augment.IMAGENET_STD, 255),
+            "label": np.asarray(labels, np.int32),
+        }
 
     def eval(self, images: Sequence[np.ndarray], labels: np.ndarray) -> dict[str, np.ndarray]:
         out = np.empty((len(images), self.size, self.size, 3), np.uint8)
         for i, image in enumerate(images):
             out[i] = augment.resize_center_crop(_rgb(image), self.eval_resize, self.size)
-        return {"image": augment.normalize(out, augment.IMAGENET_MEAN, augment.IMAGENET_STD, 255),
-                "label": np.asarray(labels, np.int32)}
+        return {
+            "image": augment.normalize(out, augment.IMAGENET_MEAN, augment.IMAGENET_STD, 255),
+            "label": np.asarray(labels, np.int32),
+        }
 
 
 def _rgb(image: np.ndarray) -> np.ndarray:

@@ -5,7 +5,11 @@ Each backbone file registers its models and their CSR presets where it defines t
 (:func:`register_model`); importing it below is what makes them available by name.
 """
 
+# Backbones: one import per file registers its models.
+from csr_jax.models.densenet import DenseNet
+from csr_jax.models.efficientnet import EfficientNet
 from csr_jax.models.layers import ConvFactory
+from csr_jax.models.mobilenetv2 import MobileNetV2
 from csr_jax.models.registry import (
     abstract_init,
     conv_plan,
@@ -17,11 +21,6 @@ from csr_jax.models.registry import (
     list_presets,
     register_model,
 )
-
-# Backbones: one import per file registers its models.
-from csr_jax.models.densenet import DenseNet
-from csr_jax.models.efficientnet import EfficientNet
-from csr_jax.models.mobilenetv2 import MobileNetV2
 from csr_jax.models.resnet import CifarResNet, ImageNetResNet
 from csr_jax.models.vgg import VGG
 

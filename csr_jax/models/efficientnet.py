@@ -28,19 +28,28 @@ from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
 
-PRESETS = Presets(t=TPreset(
-    always=("project",),
-    where_smaller=("expand", "head", "se"),
-    why="As for MobileNetV2: the narrowing 'project' convs always become CSR; the widening "
-    "'expand' (C -> 6C) and head (320 -> 1280) convs and the squeeze-and-excitation convs "
-    "(12% of the weights) where CSR is smaller: the SE squeeze conv (C -> C/24) from "
-    "T = 2, expand and head from T = 3, the SE excite conv (C/24 -> C) from T = 5. Stem "
-    "and depthwise convs stay ordinary; the 1.28M-weight classifier bounds the reduction."))
+PRESETS = Presets(
+    t=TPreset(
+        always=("project",),
+        where_smaller=("expand", "head", "se"),
+        why="As for MobileNetV2: the narrowing 'project' convs always become CSR; the widening "
+        "'expand' (C -> 6C) and head (320 -> 1280) convs and the squeeze-and-excitation convs "
+        "(12% of the weights) where CSR is smaller: the SE squeeze conv (C -> C/24) from "
+        "T = 2, expand and head from T = 3, the SE excite conv (C/24 -> C) from T = 5. Stem "
+        "and depthwise convs stay ordinary; the 1.28M-weight classifier bounds the reduction.",
+    )
+)
 
 # (expand ratio, kernel, first stride, output channels, repeats) of EfficientNet-B0.
 B0_CFG: tuple[tuple[int, int, int, int, int], ...] = (
-    (1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
-    (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
+)
 
 
 class StochasticDepth(nn.Module):
@@ -54,7 +63,9 @@ class StochasticDepth(nn.Module):
         if not train or self.rate == 0.0:
             return x
         survival = 1.0 - self.rate
-        keep = jax.random.bernoulli(self.make_rng("dropout"), survival, (x.shape[0],) + (1,) * (x.ndim - 1))
+        keep = jax.random.bernoulli(
+            self.make_rng("dropout"), survival, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
         return x * keep.astype(x.dtype) / jnp.asarray(survival, x.dtype)
 
 
@@ -78,27 +89,66 @@ class MBConv(nn.Module):
         kw = dict(block=self.block, kernel_init=kaiming_fan_out)
         y = x
         if hidden != c_in:
-            y = self.conv(self, y, name="expand", features=hidden, kernel_size=1, role="expand", **kw)
+            y = self.conv(
+                self, y, name="expand", features=hidden, kernel_size=1, role="expand", **kw
+            )
             y = nn.silu(batch_norm(train, self.dtype, "expand_bn")(y))
-        y = self.conv(self, y, name="depthwise", features=hidden, kernel_size=self.kernel_size,
-                      strides=self.strides, groups=hidden, role="depthwise", **kw)
+        y = self.conv(
+            self,
+            y,
+            name="depthwise",
+            features=hidden,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            groups=hidden,
+            role="depthwise",
+            **kw,
+        )
         y = nn.silu(batch_norm(train, self.dtype, "depthwise_bn")(y))
         # Squeeze-and-excitation on the block's input width / 4, as torchvision does.
         s = jnp.mean(y, axis=(1, 2), keepdims=True)
-        s = nn.silu(self.conv(self, s, name="se_reduce", features=max(1, c_in // 4), kernel_size=1,
-                              use_bias=True, role="se", **kw))
-        s = nn.sigmoid(self.conv(self, s, name="se_expand", features=hidden, kernel_size=1, use_bias=True,
-                                 role="se", **kw))
+        s = nn.silu(
+            self.conv(
+                self,
+                s,
+                name="se_reduce",
+                features=max(1, c_in // 4),
+                kernel_size=1,
+                use_bias=True,
+                role="se",
+                **kw,
+            )
+        )
+        s = nn.sigmoid(
+            self.conv(
+                self,
+                s,
+                name="se_expand",
+                features=hidden,
+                kernel_size=1,
+                use_bias=True,
+                role="se",
+                **kw,
+            )
+        )
         y = y * s
-        y = self.conv(self, y, name="project", features=self.features, kernel_size=1, role="project", **kw)
+        y = self.conv(
+            self, y, name="project", features=self.features, kernel_size=1, role="project", **kw
+        )
         y = batch_norm(train, self.dtype, "project_bn")(y)
         if self.strides == 1 and c_in == self.features:
-            y = StochasticDepth(self.drop_rate, name="stochastic_depth")(y, train) + x.astype(y.dtype)
+            y = StochasticDepth(self.drop_rate, name="stochastic_depth")(y, train) + x.astype(
+                y.dtype
+            )
         return y
 
 
-@register_model("efficientnet_b0", presets=PRESETS, input_shape=IMAGENET,
-                description="torchvision EfficientNet-B0 (5.3M)")
+@register_model(
+    "efficientnet_b0",
+    presets=PRESETS,
+    input_shape=IMAGENET,
+    description="torchvision EfficientNet-B0 (5.3M)",
+)
 class EfficientNet(nn.Module):
     """EfficientNet (torchvision layout): 3x3/2 stem (BN, SiLU), MBConv stages, 1x1 head conv to
     4x the last width (BN, SiLU), global average pool, dropout, dense.
@@ -130,17 +180,41 @@ class EfficientNet(nn.Module):
 
         repeats = [int(math.ceil(n * self.depth_mult)) for *_, n in self.cfg]
         total = sum(repeats)
-        x = self.conv(self, x, name="stem", features=width(32), kernel_size=3, strides=2, role="stem",
-                      kernel_init=kaiming_fan_out)
+        x = self.conv(
+            self,
+            x,
+            name="stem",
+            features=width(32),
+            kernel_size=3,
+            strides=2,
+            role="stem",
+            kernel_init=kaiming_fan_out,
+        )
         x = nn.silu(batch_norm(train, self.dtype, "stem_bn")(x))
         index = 0
         for (ratio, k, s, c, _), n in zip(self.cfg, repeats):
             for i in range(n):
-                x = MBConv(width(c), ratio, k, s if i == 0 else 1, self.stochastic_depth_rate * index / total,
-                           index + 1, self.conv, self.dtype, name=f"block_{index + 1}")(x, train)
+                x = MBConv(
+                    width(c),
+                    ratio,
+                    k,
+                    s if i == 0 else 1,
+                    self.stochastic_depth_rate * index / total,
+                    index + 1,
+                    self.conv,
+                    self.dtype,
+                    name=f"block_{index + 1}",
+                )(x, train)
                 index += 1
-        x = self.conv(self, x, name="head", features=4 * x.shape[-1], kernel_size=1, role="head",
-                      kernel_init=kaiming_fan_out)
+        x = self.conv(
+            self,
+            x,
+            name="head",
+            features=4 * x.shape[-1],
+            kernel_size=1,
+            role="head",
+            kernel_init=kaiming_fan_out,
+        )
         x = nn.silu(batch_norm(train, self.dtype, "head_bn")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(global_avg_pool(x))
         # torchvision: Linear weights uniform in +-1/sqrt(out_features), zero bias.

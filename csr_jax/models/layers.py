@@ -103,28 +103,52 @@ class ConvFactory:
         steps = decision.steps
         if steps == 1:
             layer: nn.Module = self.conv(
-                features, ks, strides=strides, padding=padding, use_bias=use_bias,
-                feature_group_count=groups, dtype=self.dtype, param_dtype=self.param_dtype,
-                kernel_init=kernel_init, name=name, **fast)
+                features,
+                ks,
+                strides=strides,
+                padding=padding,
+                use_bias=use_bias,
+                feature_group_count=groups,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=kernel_init,
+                name=name,
+                **fast,
+            )
         else:
             if groups != 1 and not site.depthwise:
                 raise ValueError(
                     f"{site.path}: CSRConv supports ordinary (groups=1) and depthwise convs only, "
-                    f"not groups={groups} with {c_in}->{features} channels; exclude this layer from the policy.")
+                    f"not groups={groups} with {c_in}->{features} channels; exclude this layer from the policy."
+                )
             inits = {}
             if self.policy.rules[decision.rule].use_conv_init:
                 inits = dict(kernel_init=kernel_init)
             layer = self.csr_conv(
-                features, ks, steps, strides=strides, padding=padding, use_bias=use_bias,
-                depthwise=site.depthwise, dtype=self.dtype, param_dtype=self.param_dtype,
-                unroll=self.unroll, name=name, **inits)
+                features,
+                ks,
+                steps,
+                strides=strides,
+                padding=padding,
+                use_bias=use_bias,
+                depthwise=site.depthwise,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                unroll=self.unroll,
+                name=name,
+                **inits,
+            )
         y = layer(x)
-        record(dataclasses.replace(site, out_hw=tuple(y.shape[1:3]), layer=type(layer).__name__), decision)
+        record(
+            dataclasses.replace(site, out_hw=tuple(y.shape[1:3]), layer=type(layer).__name__),
+            decision,
+        )
         return y
 
 
-def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5,
-               zero_scale: bool = False) -> nn.BatchNorm:
+def batch_norm(
+    train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5, zero_scale: bool = False
+) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
 
     Statistics are always reduced in float32, also for bf16 compute. ``zero_scale`` starts the
@@ -132,8 +156,14 @@ def batch_norm(train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-
     identity).
     """
     scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name,
-                        scale_init=scale_init)
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=epsilon,
+        dtype=dtype,
+        name=name,
+        scale_init=scale_init,
+    )
 
 
 def global_avg_pool(x: Array) -> Array:
@@ -162,12 +192,19 @@ def adaptive_avg_pool(x: Array, output_size: tuple[int, int]) -> Array:
     return jnp.einsum("ih,jw,nhwc->nijc", ph, pw, x)
 
 
-def classifier(x: Array, num_classes: int, dtype: Dtype | None, kernel_init: Initializer = torch_default_init,
-               name: str = "classifier", bias_init: Initializer = nn.initializers.zeros) -> Array:
+def classifier(
+    x: Array,
+    num_classes: int,
+    dtype: Dtype | None,
+    kernel_init: Initializer = torch_default_init,
+    name: str = "classifier",
+    bias_init: Initializer = nn.initializers.zeros,
+) -> Array:
     """The final dense layer; logits come back in float32 so the loss is computed accurately
     whatever the compute dtype."""
-    return nn.Dense(num_classes, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init,
-                    name=name)(x).astype(jnp.float32)
+    return nn.Dense(
+        num_classes, dtype=dtype, kernel_init=kernel_init, bias_init=bias_init, name=name
+    )(x).astype(jnp.float32)
 
 
 def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:

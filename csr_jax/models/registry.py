@@ -31,7 +31,16 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from csr_jax.models.layers import ConvFactory
-from csr_jax.policy import ConvSite, CSRPolicy, Decision, Presets, check_coverage, decide, parse_csr, recording
+from csr_jax.policy import (
+    ConvSite,
+    CSRPolicy,
+    Decision,
+    Presets,
+    check_coverage,
+    decide,
+    parse_csr,
+    recording,
+)
 
 __all__ = [
     "CIFAR",
@@ -66,8 +75,14 @@ class ModelSpec:
 _MODELS: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, presets: Presets, input_shape: tuple[int, int, int], description: str,
-                   **fixed: Any) -> Callable[[type], type]:
+def register_model(
+    name: str,
+    *,
+    presets: Presets,
+    input_shape: tuple[int, int, int],
+    description: str,
+    **fixed: Any,
+) -> Callable[[type], type]:
     """Class decorator: register ``name`` as the decorated backbone with the fields ``fixed``.
 
     Stack one decorator per model a class defines (``vgg16_cifar`` and ``vgg16_bn`` are one
@@ -123,25 +138,35 @@ def get_policy(name: str, csr: Any) -> CSRPolicy | None:
         return CSRPolicy.from_dict(csr)
     if hasattr(csr, "to_dict"):  # e.g. an ml_collections.ConfigDict holding the dict form
         return CSRPolicy.from_dict(csr.to_dict())
-    raise TypeError(f"csr must be None, a preset name, a CSRPolicy or its dict form; got {type(csr).__name__}.")
+    raise TypeError(
+        f"csr must be None, a preset name, a CSRPolicy or its dict form; got {type(csr).__name__}."
+    )
 
 
 def _factory(model: nn.Module) -> ConvFactory:
     conv = getattr(model, "conv", None)
     if not isinstance(conv, ConvFactory):
-        raise TypeError(f"Expected a backbone built with a ConvFactory, got {type(model).__name__}.")
+        raise TypeError(
+            f"Expected a backbone built with a ConvFactory, got {type(model).__name__}."
+        )
     return conv
 
 
-def _init_abstract(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[Any, list[tuple[ConvSite, Decision]]]:
+def _init_abstract(
+    model: nn.Module, input_shape: tuple[int, ...]
+) -> tuple[Any, list[tuple[ConvSite, Decision]]]:
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     init = functools.partial(model.init, train=False)
     with recording() as calls:
-        variables = jax.eval_shape(init, {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+        variables = jax.eval_shape(
+            init, {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x
+        )
     return variables, calls
 
 
-def conv_plan(model: nn.Module, input_shape: tuple[int, int, int]) -> list[tuple[ConvSite, Decision]]:
+def conv_plan(
+    model: nn.Module, input_shape: tuple[int, int, int]
+) -> list[tuple[ConvSite, Decision]]:
     """Every conv the model creates, in order, with its policy decision (T, deciding rule).
 
     The sites come from an abstract (``jax.eval_shape``) init of the same backbone with ordinary
@@ -200,10 +225,18 @@ def create(
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}.")
     policy = get_policy(name, csr)
     factory_fields = {k: overrides.pop(k) for k in ("unroll", "csr_conv") if k in overrides}
-    valid = {f.name for f in dataclasses.fields(spec.module)} - {"parent", "name", "conv", "dtype", "num_classes"}
+    valid = {f.name for f in dataclasses.fields(spec.module)} - {
+        "parent",
+        "name",
+        "conv",
+        "dtype",
+        "num_classes",
+    }
     bad = sorted(set(overrides) - valid)
     if bad:
-        raise TypeError(f"{name} does not take override(s) {bad}; valid: {sorted(valid | {'unroll', 'csr_conv'})}.")
+        raise TypeError(
+            f"{name} does not take override(s) {bad}; valid: {sorted(valid | {'unroll', 'csr_conv'})}."
+        )
     fixed = sorted(set(overrides) & set(spec.fixed))
     if fixed:
         raise TypeError(f"{fixed} define {name} itself; pick another registered model instead.")

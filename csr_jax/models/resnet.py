@@ -29,20 +29,26 @@ from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
 
-CIFAR_PRESETS = Presets(t=TPreset(
-    always=("conv3x3",),
-    why="Every 3x3 conv of every basic block becomes CSR: with the parameter-free (option A) "
-    "shortcuts they hold all of the network's weights except the 3->16 stem (432), the "
-    "classifier (650) and BatchNorm. Square convs cost 2/T^2 of the ordinary conv under CSR."))
+CIFAR_PRESETS = Presets(
+    t=TPreset(
+        always=("conv3x3",),
+        why="Every 3x3 conv of every basic block becomes CSR: with the parameter-free (option A) "
+        "shortcuts they hold all of the network's weights except the 3->16 stem (432), the "
+        "classifier (650) and BatchNorm. Square convs cost 2/T^2 of the ordinary conv under CSR.",
+    )
+)
 
-IMAGENET_PRESETS = Presets(t=TPreset(
-    always=("conv3x3", "reduce"),
-    where_smaller=("expand", "downsample"),
-    why="All bottleneck convs and projection shortcuts become CSR, the 7x7 stem and the FC "
-    "layer stay. The 3x3 convs (square, 2/T^2) and the narrowing 1x1 'reduce' convs "
-    "(4C -> C, 1.25/T^2) always shrink; the widening 1x1 'expand' convs (C -> 4C, 5/T^2) "
-    "and shortcuts (2C or 4C wider, 3/T^2 to 5/T^2) only shrink for T >= 3, so they are "
-    "replaced only where CSR is smaller. The 2M-parameter FC layer bounds the reduction."))
+IMAGENET_PRESETS = Presets(
+    t=TPreset(
+        always=("conv3x3", "reduce"),
+        where_smaller=("expand", "downsample"),
+        why="All bottleneck convs and projection shortcuts become CSR, the 7x7 stem and the FC "
+        "layer stay. The 3x3 convs (square, 2/T^2) and the narrowing 1x1 'reduce' convs "
+        "(4C -> C, 1.25/T^2) always shrink; the widening 1x1 'expand' convs (C -> 4C, 5/T^2) "
+        "and shortcuts (2C or 4C wider, 3/T^2 to 5/T^2) only shrink for T >= 3, so they are "
+        "replaced only where CSR is smaller. The 2M-parameter FC layer bounds the reduction.",
+    )
+)
 
 
 def option_a_shortcut(x: Array, features: int, strides: int) -> Array:
@@ -105,22 +111,43 @@ class CifarResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = self.conv(self, x, name="stem", features=self.widths[0], kernel_size=3, role="stem",
-                      kernel_init=kaiming_fan_in)
+        x = self.conv(
+            self,
+            x,
+            name="stem",
+            features=self.widths[0],
+            kernel_size=3,
+            role="stem",
+            kernel_init=kaiming_fan_in,
+        )
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         index = 0
         for stage, width in enumerate(self.widths):
             for i in range(self.blocks_per_stage):
                 index += 1
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = BasicBlock(width, strides, index, self.conv, self.dtype, self.zero_init_residual,
-                               name=f"block_{index}")(x, train)
-        return classifier(global_avg_pool(x), self.num_classes, self.dtype, kernel_init=kaiming_fan_in)
+                x = BasicBlock(
+                    width,
+                    strides,
+                    index,
+                    self.conv,
+                    self.dtype,
+                    self.zero_init_residual,
+                    name=f"block_{index}",
+                )(x, train)
+        return classifier(
+            global_avg_pool(x), self.num_classes, self.dtype, kernel_init=kaiming_fan_in
+        )
 
 
 for _n in (3, 5, 7, 9, 18):
-    register_model(f"resnet{6 * _n + 2}", presets=CIFAR_PRESETS, input_shape=CIFAR,
-                   description=f"CIFAR ResNet-{6 * _n + 2}, option-A shortcuts", blocks_per_stage=_n)(CifarResNet)
+    register_model(
+        f"resnet{6 * _n + 2}",
+        presets=CIFAR_PRESETS,
+        input_shape=CIFAR,
+        description=f"CIFAR ResNet-{6 * _n + 2}, option-A shortcuts",
+        blocks_per_stage=_n,
+    )(CifarResNet)
 
 
 class Bottleneck(nn.Module):
@@ -138,22 +165,45 @@ class Bottleneck(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         out = self.width * self.expansion
         kw = dict(block=self.block, kernel_init=kaiming_fan_out)
-        y = self.conv(self, x, name="conv1", features=self.width, kernel_size=1, role="reduce", **kw)
+        y = self.conv(
+            self, x, name="conv1", features=self.width, kernel_size=1, role="reduce", **kw
+        )
         y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
-        y = self.conv(self, y, name="conv2", features=self.width, kernel_size=3, strides=self.strides,
-                      role="conv3x3", **kw)
+        y = self.conv(
+            self,
+            y,
+            name="conv2",
+            features=self.width,
+            kernel_size=3,
+            strides=self.strides,
+            role="conv3x3",
+            **kw,
+        )
         y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
         y = self.conv(self, y, name="conv3", features=out, kernel_size=1, role="expand", **kw)
         y = batch_norm(train, self.dtype, "bn3")(y)
         if self.strides != 1 or x.shape[-1] != out:
-            x = self.conv(self, x, name="downsample", features=out, kernel_size=1, strides=self.strides,
-                          role="downsample", **kw)
+            x = self.conv(
+                self,
+                x,
+                name="downsample",
+                features=out,
+                kernel_size=1,
+                strides=self.strides,
+                role="downsample",
+                **kw,
+            )
             x = batch_norm(train, self.dtype, "downsample_bn")(x)
         return nn.relu(y + x.astype(y.dtype))
 
 
-@register_model("resnet50", presets=IMAGENET_PRESETS, input_shape=IMAGENET, description="torchvision ResNet-50 (25.6M)",
-                stage_sizes=(3, 4, 6, 3))
+@register_model(
+    "resnet50",
+    presets=IMAGENET_PRESETS,
+    input_shape=IMAGENET,
+    description="torchvision ResNet-50 (25.6M)",
+    stage_sizes=(3, 4, 6, 3),
+)
 class ImageNetResNet(nn.Module):
     """torchvision's bottleneck ResNet: 7x7/2 stem, 3x3/2 max-pool, four stages of bottlenecks
     (stride 2 entering stages 2..4), global average pool, dense.
@@ -174,8 +224,17 @@ class ImageNetResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = self.conv(self, x, name="stem", features=self.widths[0], kernel_size=7, strides=2, padding=3,
-                      role="stem", kernel_init=kaiming_fan_out)
+        x = self.conv(
+            self,
+            x,
+            name="stem",
+            features=self.widths[0],
+            kernel_size=7,
+            strides=2,
+            padding=3,
+            role="stem",
+            kernel_init=kaiming_fan_out,
+        )
         x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         index = 0
@@ -183,5 +242,9 @@ class ImageNetResNet(nn.Module):
             for i in range(size):
                 index += 1
                 strides = 2 if stage > 0 and i == 0 else 1
-                x = Bottleneck(width, strides, index, self.conv, self.dtype, name=f"block_{index}")(x, train)
-        return classifier(global_avg_pool(x), self.num_classes, self.dtype, kernel_init=torch_default_init)
+                x = Bottleneck(width, strides, index, self.conv, self.dtype, name=f"block_{index}")(
+                    x, train
+                )
+        return classifier(
+            global_avg_pool(x), self.num_classes, self.dtype, kernel_init=torch_default_init
+        )

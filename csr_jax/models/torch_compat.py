@@ -49,14 +49,17 @@ class TorchStatsBatchNorm(nn.BatchNorm):
     """
 
     @nn.compact
-    def __call__(self, x: Array, use_running_average: bool | None = None, *,
-                 mask: Array | None = None) -> Array:
+    def __call__(
+        self, x: Array, use_running_average: bool | None = None, *, mask: Array | None = None
+    ) -> Array:
         if mask is not None or self.axis_name is not None or self.axis not in (-1, x.ndim - 1):
             raise NotImplementedError(
-                "TorchStatsBatchNorm supports axis=-1 without mask or axis_name; use nn.BatchNorm.")
+                "TorchStatsBatchNorm supports axis=-1 without mask or axis_name; use nn.BatchNorm."
+            )
         at_call = use_running_average
         use_running_average = nn.merge_param(
-            "use_running_average", self.use_running_average, use_running_average)
+            "use_running_average", self.use_running_average, use_running_average
+        )
         updating = not use_running_average and not self.is_initializing()
         old_var = self.get_variable("batch_stats", "var") if updating else None
         y = super().__call__(x, at_call)
@@ -64,17 +67,23 @@ class TorchStatsBatchNorm(nn.BatchNorm):
             axes = tuple(range(x.ndim - 1))
             n = int(np.prod([x.shape[a] for a in axes]))
             if n < 2:
-                raise ValueError(f"{self.name}: the unbiased variance needs at least 2 values per "
-                                 f"channel, got {n} (batch x height x width)")
+                raise ValueError(
+                    f"{self.name}: the unbiased variance needs at least 2 values per "
+                    f"channel, got {n} (batch x height x width)"
+                )
             xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             mean = jnp.mean(xf, axis=axes)
             var = jnp.maximum(0.0, jnp.mean(xf * xf, axis=axes) - mean * mean)
-            self.put_variable("batch_stats", "var",
-                              self.momentum * old_var + (1.0 - self.momentum) * var * (n / (n - 1)))
+            self.put_variable(
+                "batch_stats",
+                "var",
+                self.momentum * old_var + (1.0 - self.momentum) * var * (n / (n - 1)),
+            )
         return y
 
 
 def torch_batch_norm(train: bool, dtype: Any, name: str, epsilon: float = 1e-5) -> nn.BatchNorm:
     """``layers.batch_norm`` (PyTorch's momentum and eps) with PyTorch's running-variance update."""
-    return TorchStatsBatchNorm(use_running_average=not train, momentum=0.9, epsilon=epsilon,
-                               dtype=dtype, name=name)
+    return TorchStatsBatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name
+    )

@@ -25,20 +25,33 @@ from csr_jax.policy import Presets, TPreset
 
 Array = jax.Array
 
-PRESETS = Presets(t=TPreset(
-    always=("conv3x3",),
-    why="Every 3x3 conv after the stem becomes CSR. They are square or doubling convs "
-    "(C -> C or C -> 2C), where CSR costs (C_in C_out + C_out^2) / T^2, i.e. 2/T^2 to 3/T^2 "
-    "of the conv, and they hold all conv parameters but the stem's 1.7K. The stem (3 input "
-    "channels) would save nothing. The fully connected classifier stays dense, so for the "
-    "ImageNet VGG-16-BN, whose three FC layers hold 89% of the weights, the total falls "
-    "by at most ~11%."))
+PRESETS = Presets(
+    t=TPreset(
+        always=("conv3x3",),
+        why="Every 3x3 conv after the stem becomes CSR. They are square or doubling convs "
+        "(C -> C or C -> 2C), where CSR costs (C_in C_out + C_out^2) / T^2, i.e. 2/T^2 to 3/T^2 "
+        "of the conv, and they hold all conv parameters but the stem's 1.7K. The stem (3 input "
+        "channels) would save nothing. The fully connected classifier stays dense, so for the "
+        "ImageNet VGG-16-BN, whose three FC layers hold 89% of the weights, the total falls "
+        "by at most ~11%.",
+    )
+)
 
 
-@register_model("vgg16_cifar", presets=PRESETS, input_shape=CIFAR, description="VGG-16 with BN, CIFAR head (14.7M)",
-                head="cifar")
-@register_model("vgg16_bn", presets=PRESETS, input_shape=IMAGENET, description="torchvision vgg16_bn (138.4M)",
-                head="imagenet")
+@register_model(
+    "vgg16_cifar",
+    presets=PRESETS,
+    input_shape=CIFAR,
+    description="VGG-16 with BN, CIFAR head (14.7M)",
+    head="cifar",
+)
+@register_model(
+    "vgg16_bn",
+    presets=PRESETS,
+    input_shape=IMAGENET,
+    description="torchvision vgg16_bn (138.4M)",
+    head="imagenet",
+)
 class VGG(nn.Module):
     """VGG with BatchNorm: ``depths[b]`` 3x3 convs (with bias) of ``widths[b]`` channels per stage,
     each followed by BN and ReLU, 2x2 max-pooling after each stage.
@@ -74,8 +87,18 @@ class VGG(nn.Module):
         for b, (width, depth) in enumerate(zip(self.widths, self.depths), start=1):
             for i in range(1, depth + 1):
                 name = f"block{b}_conv{i}"
-                x = self.conv(self, x, name=name, features=width, kernel_size=3, padding=1, use_bias=True,
-                              role="stem" if (b, i) == (1, 1) else "conv3x3", block=b, kernel_init=init)
+                x = self.conv(
+                    self,
+                    x,
+                    name=name,
+                    features=width,
+                    kernel_size=3,
+                    padding=1,
+                    use_bias=True,
+                    role="stem" if (b, i) == (1, 1) else "conv3x3",
+                    block=b,
+                    kernel_init=init,
+                )
                 x = nn.relu(batch_norm(train, self.dtype, f"{name}_bn")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         if not imagenet:

@@ -55,7 +55,8 @@ def _as_policy(policy: Any) -> CSRPolicy:
         return CSRPolicy(rules=tuple(policy))
     raise PolicyError(
         f"convert takes a csr_jax.policy.CSRPolicy (or a Rule, a list of Rules, or the policy's dict), "
-        f"got {type(policy).__name__}; e.g. CSRPolicy(rules=(Rule(3, kernel_sizes=1), Rule(2, kernel_sizes=3))).")
+        f"got {type(policy).__name__}; e.g. CSRPolicy(rules=(Rule(3, kernel_sizes=1), Rule(2, kernel_sizes=3)))."
+    )
 
 
 def convert(
@@ -90,7 +91,9 @@ def convert(
     if not isinstance(model, nn.Module):
         raise SurgeryError(f"convert needs a flax.linen Module, got {type(model).__name__}.")
     if model.scope is not None:
-        raise SurgeryError("convert needs an unbound module (the one you call .init/.apply on), not a bound one.")
+        raise SurgeryError(
+            "convert needs an unbound module (the one you call .init/.apply on), not a bound one."
+        )
     policy = _as_policy(policy)
     converted = CSRConverted(model=model, policy=policy, t1_as_csr=t1_as_csr)
     before = abstract_init(model, example_args, example_kwargs, rngs=init_rngs)
@@ -98,8 +101,12 @@ def convert(
         after = abstract_init(converted, example_args, example_kwargs, rngs=init_rngs)
     unused = unused_rules(policy, calls)
     if not allow_unused_rules or not calls:
-        check_coverage(policy, calls, type(model).__name__,
-                       hint="Fix the rule, or pass allow_unused_rules=True to list it in the report instead.")
+        check_coverage(
+            policy,
+            calls,
+            type(model).__name__,
+            hint="Fix the rule, or pass allow_unused_rules=True to list it in the report instead.",
+        )
     report = SurgeryReport(
         records=build_records(calls, before),
         policy=policy,

@@ -21,7 +21,9 @@ from csr_jax.policy import CSR, KEPT, UNSUPPORTED, ConvSite, CSRPolicy, Decision
 __all__ = ["csr_padding", "plan", "unsupported_reason"]
 
 
-def unsupported_reason(module: nn.Module, site: ConvSite, x_shape: tuple[int, ...], steps: int) -> str | None:
+def unsupported_reason(
+    module: nn.Module, site: ConvSite, x_shape: tuple[int, ...], steps: int
+) -> str | None:
     """Why ``CSRConv(steps)`` cannot compute this conv's function, or None if it can."""
     if isinstance(module, nn.ConvTranspose):
         return "nn.ConvTranspose (CSR-Conv has no transposed form)"
@@ -35,13 +37,19 @@ def unsupported_reason(module: nn.Module, site: ConvSite, x_shape: tuple[int, ..
     if len(x_shape) < 3:
         return f"input of rank {len(x_shape)} (a 2-D conv needs (..., H, W, C))"
     if site.groups != 1 and not site.depthwise:
-        return (f"grouped conv (feature_group_count={site.groups}, C_in={site.in_channels}, "
-                f"C_out={site.out_channels}); only depthwise convs (groups == C_in == C_out) have a CSR form")
+        return (
+            f"grouped conv (feature_group_count={site.groups}, C_in={site.in_channels}, "
+            f"C_out={site.out_channels}); only depthwise convs (groups == C_in == C_out) have a CSR form"
+        )
     if any(d != 1 for d in broadcast(module.input_dilation, 2)):
         return f"input dilation {module.input_dilation}"
     if any(d != 1 for d in broadcast(module.kernel_dilation, 2)):
         return f"kernel dilation {module.kernel_dilation}"
-    if isinstance(module.padding, str) and module.padding.upper() not in ("SAME", "VALID", "SAME_LOWER"):
+    if isinstance(module.padding, str) and module.padding.upper() not in (
+        "SAME",
+        "VALID",
+        "SAME_LOWER",
+    ):
         return f"padding {module.padding!r}"
     if module.mask is not None:
         return "masked kernel (mask is set)"
@@ -68,11 +76,14 @@ def csr_padding(module: nn.Conv, x_shape: tuple[int, ...], site: ConvSite) -> An
         return tuple((int(lo), int(hi)) for lo, hi in pads)
     if isinstance(padding, int):
         return ((padding, padding), (padding, padding))
-    return tuple((int(p), int(p)) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding)
+    return tuple(
+        (int(p), int(p)) if isinstance(p, int) else (int(p[0]), int(p[1])) for p in padding
+    )
 
 
-def plan(module: nn.Module, site: ConvSite, x_shape: tuple[int, ...], policy: CSRPolicy,
-         t1_as_csr: bool) -> Decision:
+def plan(
+    module: nn.Module, site: ConvSite, x_shape: tuple[int, ...], policy: CSRPolicy, t1_as_csr: bool
+) -> Decision:
     """The policy's decision for one conv call, turned 'unsupported' where CSRConv cannot do it.
 
     With ``t1_as_csr`` a rule with T = 1 builds a ``CSRConv`` with one step (the conv itself,

@@ -74,7 +74,9 @@ def _subtree(tree: Any, keys: Sequence[str]) -> Any:
     return tree
 
 
-def build_records(calls: Sequence[tuple[ConvSite, Decision]], original_variables: Mapping[str, Any]) -> tuple[ConvRecord, ...]:
+def build_records(
+    calls: Sequence[tuple[ConvSite, Decision]], original_variables: Mapping[str, Any]
+) -> tuple[ConvRecord, ...]:
     """One record per conv layer (in first-call order) from a conversion's recorded calls."""
     first: dict[str, tuple[ConvSite, Decision]] = {}
     count: dict[str, int] = {}
@@ -92,9 +94,15 @@ def build_records(calls: Sequence[tuple[ConvSite, Decision]], original_variables
             macs_before = math.prod(k) * (c_in // site.groups) * c_out * math.prod(site.out_hw)
         after, macs_after = before, macs_before
         if decision.status == CSR:
-            after = csr_conv_params(c_in, c_out, k, decision.steps, use_bias=site.use_bias, depthwise=site.depthwise)
-            macs_after = csr_conv_macs(c_in, c_out, k, decision.steps, site.out_hw, depthwise=site.depthwise)
-        records.append(ConvRecord(site, decision, before, after, macs_before, macs_after, count[path]))
+            after = csr_conv_params(
+                c_in, c_out, k, decision.steps, use_bias=site.use_bias, depthwise=site.depthwise
+            )
+            macs_after = csr_conv_macs(
+                c_in, c_out, k, decision.steps, site.out_hw, depthwise=site.depthwise
+            )
+        records.append(
+            ConvRecord(site, decision, before, after, macs_before, macs_after, count[path])
+        )
     return tuple(records)
 
 
@@ -151,8 +159,10 @@ class SurgeryReport:
         return sum(r.macs_after or 0 for r in self.records)
 
     def __str__(self) -> str:
-        header = (f"{'conv':<36} {'layer':<13} {'in':>5} {'out':>5} {'k':>5} {'s':>3} {'T':>2} "
-                  f"{'params':>11} {'-> CSR':>11} {'MACs/img':>13} {'-> CSR':>13}  status")
+        header = (
+            f"{'conv':<36} {'layer':<13} {'in':>5} {'out':>5} {'k':>5} {'s':>3} {'T':>2} "
+            f"{'params':>11} {'-> CSR':>11} {'MACs/img':>13} {'-> CSR':>13}  status"
+        )
         rule_line = "-" * len(header)
         lines = [header, rule_line]
 
@@ -167,7 +177,13 @@ class SurgeryReport:
             status = r.status + (f" ({r.reason})" if r.reason and r.status != UNMATCHED else "")
             if r.status == UNMATCHED:
                 status += " (no rule matched)"
-            layer = f"{r.layer} dw" if r.depthwise else f"{r.layer} g{r.groups}" if r.groups > 1 else r.layer
+            layer = (
+                f"{r.layer} dw"
+                if r.depthwise
+                else f"{r.layer} g{r.groups}"
+                if r.groups > 1
+                else r.layer
+            )
             lines.append(
                 f"{(r.path or '<root>')[-36:]:<36} {layer:<13} {r.c_in:>5} {r.c_out:>5} "
                 f"{fmt(r.kernel_size):>5} {fmt(r.strides):>3} {steps:>2} "
@@ -179,7 +195,11 @@ class SurgeryReport:
             f"{'convs':<36} {'':<13} {'':>5} {'':>5} {'':>5} {'':>3} {'':>2} {num(self.conv_params_before):>11} "
             f"{num(self.conv_params_after):>11} {num(self.conv_macs_before):>13} {num(self.conv_macs_after):>13}"
         )
-        ratio = self.model_params_after / self.model_params_before if self.model_params_before else float("nan")
+        ratio = (
+            self.model_params_after / self.model_params_before
+            if self.model_params_before
+            else float("nan")
+        )
         lines.append(
             f"{len(self.converted)} of {len(self.records)} convs converted; model params "
             f"{self.model_params_before:,} -> {self.model_params_after:,} ({ratio:.3f}x)."
@@ -187,6 +207,8 @@ class SurgeryReport:
         for i, rule in enumerate(self.rules):
             used = sum(1 for r in self.records if r.rule == i)
             done = sum(1 for r in self.records if r.rule == i and r.converted)
-            lines.append(f"rule {i}: {rule.describe()} decided {used} conv(s), converted {done}"
-                         + (" [UNUSED]" if i in self.unused_rules else ""))
+            lines.append(
+                f"rule {i}: {rule.describe()} decided {used} conv(s), converted {done}"
+                + (" [UNUSED]" if i in self.unused_rules else "")
+            )
         return "\n".join(lines)

@@ -28,8 +28,11 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(np.shape(value))
 
 
-def transfer_weights(original_variables: Mapping[str, Any], converted_variables: Mapping[str, Any],
-                     report: SurgeryReport) -> dict[str, Any]:
+def transfer_weights(
+    original_variables: Mapping[str, Any],
+    converted_variables: Mapping[str, Any],
+    report: SurgeryReport,
+) -> dict[str, Any]:
     """Copies the original model's weights into the converted model's variables.
 
     Every variable that is not part of a converted conv (other layers, norms, BatchNorm
@@ -43,7 +46,11 @@ def transfer_weights(original_variables: Mapping[str, Any], converted_variables:
     Returns a new nested dict; raises ``SurgeryError`` when a variable's shape or path does not
     line up (variables of another model, or of a different conversion than ``report``'s).
     """
-    original = unfreeze(original_variables) if not isinstance(original_variables, dict) else original_variables
+    original = (
+        unfreeze(original_variables)
+        if not isinstance(original_variables, dict)
+        else original_variables
+    )
     result = jax.tree_util.tree_map(lambda a: a, unfreeze(converted_variables))  # fresh containers
     converted = {r.scope_path: r for r in report.converted}
 
@@ -71,7 +78,9 @@ def transfer_weights(original_variables: Mapping[str, Any], converted_variables:
         elif record.steps == 1:
             mapped = {"kernel": "input_kernel", "bias": "input_bias"}.get(inner[-1])
             if mapped is None:
-                raise SurgeryError(f"transfer_weights: unexpected variable {'/'.join(keys)} in converted conv.")
+                raise SurgeryError(
+                    f"transfer_weights: unexpected variable {'/'.join(keys)} in converted conv."
+                )
             put((collection, *inner[:-1], mapped), value, f"conv {record.path}")
         # Converted with T > 1: nothing to copy.
     return result

@@ -28,9 +28,13 @@ __all__ = ["CSRConverted"]
 _FOREIGN_CONVS = (nn.Conv, nn.ConvLocal, nn.ConvTranspose)
 
 
-def _apply_csr(module: nn.Conv, site: Any, steps: int, use_conv_init: bool, x: jax.Array) -> jax.Array:
+def _apply_csr(
+    module: nn.Conv, site: Any, steps: int, use_conv_init: bool, x: jax.Array
+) -> jax.Array:
     """Runs a ``CSRConv`` in the conv's own scope, so its parameters sit at the conv's path."""
-    inits = dict(kernel_init=module.kernel_init, bias_init=module.bias_init) if use_conv_init else {}
+    inits = (
+        dict(kernel_init=module.kernel_init, bias_init=module.bias_init) if use_conv_init else {}
+    )
     layer = CSRConv(
         features=module.features,
         kernel_size=site.kernel_size,
@@ -51,7 +55,9 @@ def _apply_csr(module: nn.Conv, site: Any, steps: int, use_conv_init: bool, x: j
     return y.reshape(batch_shape + y.shape[1:])
 
 
-def _make_interceptor(policy: CSRPolicy, t1_as_csr: bool, root: tuple[str, ...]) -> Callable[..., Any]:
+def _make_interceptor(
+    policy: CSRPolicy, t1_as_csr: bool, root: tuple[str, ...]
+) -> Callable[..., Any]:
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
         if context.method_name != "__call__" or not isinstance(module, _FOREIGN_CONVS):

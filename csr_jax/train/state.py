@@ -18,50 +18,63 @@ from jax.sharding import Mesh
 from csr_jax.accounting import count_params  # noqa: F401  (one parameter count, re-exported)
 from csr_jax.train.mesh import replicated_sharding
 
-
-_FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 class TrainState(train_state.TrainState):
-  """`TrainState` with the model's non-trainable `batch_stats` collection."""
-  batch_stats: Any = None
+    """`TrainState` with the model's non-trainable `batch_stats` collection."""
+
+    batch_stats: Any = None
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       input_shape: tuple[int, ...], mesh: Mesh,
-                       abstract_variables: Any = None) -> TrainState:
-  """Initialises the model and optimizer directly into replicated device buffers.
+def create_train_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    input_shape: tuple[int, ...],
+    mesh: Mesh,
+    abstract_variables: Any = None,
+) -> TrainState:
+    """Initialises the model and optimizer directly into replicated device buffers.
 
-  Initialisation runs under `jit` with a replicated output sharding: every process computes the
-  same values from the same `rng` (no broadcast needed) and large models never materialise on
-  the host first. Params are float32 whatever the compute dtype. `abstract_variables`, the
-  model's `jax.eval_shape` init when the caller has it (`csr_jax.models.abstract_init`), spares a
-  second abstract trace of the model for the output shardings.
-  """
-  def init(rng):
-    params_rng, dropout_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-    variables = model.init({'params': params_rng, 'dropout': dropout_rng}, dummy, train=False)
-    params = variables['params']
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             batch_stats=variables.get('batch_stats', {}))
+    Initialisation runs under `jit` with a replicated output sharding: every process computes the
+    same values from the same `rng` (no broadcast needed) and large models never materialise on
+    the host first. Params are float32 whatever the compute dtype. `abstract_variables`, the
+    model's `jax.eval_shape` init when the caller has it (`csr_jax.models.abstract_init`), spares a
+    second abstract trace of the model for the output shardings.
+    """
 
-  if abstract_variables is None:
-    abstract = jax.eval_shape(init, rng)
-  else:  # The model was traced already (csr_jax.models.abstract_init): trace only the optimizer.
-    abstract = jax.eval_shape(
-        lambda v: TrainState.create(apply_fn=model.apply, params=v['params'], tx=tx,
-                                    batch_stats=v.get('batch_stats', {})), abstract_variables)
-  shardings = jax.tree.map(lambda _: replicated_sharding(mesh), abstract)
-  # Initialisation runs once and is mostly threefry random bits, one block per parameter:
-  # XLA:CPU's optimising backend spends 4x longer compiling it than running it unoptimised
-  # (16 s vs 4 s for ResNet-56), so on CPU it is compiled without backend optimisation.
-  options = _FAST_COMPILE if mesh.devices.flat[0].platform == 'cpu' else None
-  return jax.jit(init, out_shardings=shardings, compiler_options=options)(rng)
+    def init(rng):
+        params_rng, dropout_rng = jax.random.split(rng)
+        dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
+        variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
+        params = variables["params"]
+        return TrainState.create(
+            apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get("batch_stats", {})
+        )
+
+    if abstract_variables is None:
+        abstract = jax.eval_shape(init, rng)
+    else:  # The model was traced already (csr_jax.models.abstract_init): trace only the optimizer.
+        abstract = jax.eval_shape(
+            lambda v: TrainState.create(
+                apply_fn=model.apply,
+                params=v["params"],
+                tx=tx,
+                batch_stats=v.get("batch_stats", {}),
+            ),
+            abstract_variables,
+        )
+    shardings = jax.tree.map(lambda _: replicated_sharding(mesh), abstract)
+    # Initialisation runs once and is mostly threefry random bits, one block per parameter:
+    # XLA:CPU's optimising backend spends 4x longer compiling it than running it unoptimised
+    # (16 s vs 4 s for ResNet-56), so on CPU it is compiled without backend optimisation.
+    options = _FAST_COMPILE if mesh.devices.flat[0].platform == "cpu" else None
+    return jax.jit(init, out_shardings=shardings, compiler_options=options)(rng)
 
 
 def abstract_train_state(state: TrainState) -> TrainState:
-  """Shapes, dtypes and shardings of `state`: the restore target for a checkpoint."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-
+    """Shapes, dtypes and shardings of `state`: the restore target for a checkpoint."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state
+    )

@@ -9,12 +9,12 @@ from experiments.configs import cifar10_common, common
 
 
 def get_config(arg=None):
-  config = cifar10_common.cifar10_config()
-  config.model = 'densenet40'
-  config.csr = 't2'
-  config.batch_size = 64
-  config.num_epochs = 300.0
-  config.weight_decay = 1e-4
-  config.eval_every_steps = 781 * 5  # About every 5 epochs (781 steps per epoch at batch 64).
-  config.checkpoint_every_steps = 781 * 5
-  return common.finalize(config, arg)
+    config = cifar10_common.cifar10_config()
+    config.model = "densenet40"
+    config.csr = "t2"
+    config.batch_size = 64
+    config.num_epochs = 300.0
+    config.weight_decay = 1e-4
+    config.eval_every_steps = 781 * 5  # About every 5 epochs (781 steps per epoch at batch 64).
+    config.checkpoint_every_steps = 781 * 5
+    return common.finalize(config, arg)

@@ -17,20 +17,20 @@ from experiments.configs import cifar10_common, common
 
 
 def get_config(arg=None):
-  config = cifar10_common.cifar10_config()
-  config.model = 'mobilenetv2_cifar'
-  config.csr = 'reference'
-  config.model_overrides.torch_batchnorm_stats = True
-  config.batch_size = 128
-  config.num_epochs = 600.0
-  config.learning_rate = 0.05
-  config.momentum = 0.9
-  config.nesterov = False
-  config.weight_decay = 5e-4
-  config.weight_decay_min_ndim = 0  # Every parameter, as torch.optim.SGD(weight_decay=5e-4).
-  config.label_smoothing = 0.0
-  config.schedule = 'step'
-  config.step_decay_epochs = 30.0
-  config.step_decay_factor = 0.5
-  config.warmup_epochs = 0.0
-  return common.finalize(config, arg)
+    config = cifar10_common.cifar10_config()
+    config.model = "mobilenetv2_cifar"
+    config.csr = "reference"
+    config.model_overrides.torch_batchnorm_stats = True
+    config.batch_size = 128
+    config.num_epochs = 600.0
+    config.learning_rate = 0.05
+    config.momentum = 0.9
+    config.nesterov = False
+    config.weight_decay = 5e-4
+    config.weight_decay_min_ndim = 0  # Every parameter, as torch.optim.SGD(weight_decay=5e-4).
+    config.label_smoothing = 0.0
+    config.schedule = "step"
+    config.step_decay_epochs = 30.0
+    config.step_decay_factor = 0.5
+    config.warmup_epochs = 0.0
+    return common.finalize(config, arg)

@@ -9,9 +9,9 @@ from experiments.configs import cifar10_common, common
 
 
 def get_config(arg=None):
-  config = cifar10_common.cifar10_config()
-  config.model = 'resnet110'
-  config.csr = 't2'
-  config.weight_decay = 1e-4
-  config.warmup_epochs = 2.0
-  return common.finalize(config, arg)
+    config = cifar10_common.cifar10_config()
+    config.model = "resnet110"
+    config.csr = "t2"
+    config.weight_decay = 1e-4
+    config.warmup_epochs = 2.0
+    return common.finalize(config, arg)

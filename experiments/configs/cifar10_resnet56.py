@@ -9,8 +9,8 @@ from experiments.configs import cifar10_common, common
 
 
 def get_config(arg=None):
-  config = cifar10_common.cifar10_config()
-  config.model = 'resnet56'
-  config.csr = 't2'
-  config.weight_decay = 1e-4
-  return common.finalize(config, arg)
+    config = cifar10_common.cifar10_config()
+    config.model = "resnet56"
+    config.csr = "t2"
+    config.weight_decay = 1e-4
+    return common.finalize(config, arg)

@@ -21,23 +21,23 @@ from experiments.configs import common
 
 
 def get_config(arg=None):
-  config = common.base_config()
-  config.dataset = 'digits'
-  config.image_size = 16
-  config.model = 'resnet20'
-  config.csr = 't2'
-  config.model_overrides.widths = (8, 16, 32)
-  # Each residual block starts as the identity (last BN scale 0), see above.
-  config.model_overrides.zero_init_residual = True
-  config.batch_size = 64
-  config.num_epochs = 20.0
-  config.learning_rate = 0.1
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.label_smoothing = 0.1
-  config.schedule = 'cosine'
-  config.warmup_epochs = 1.0
-  config.log_every_steps = 20
-  config.eval_every_steps = 22  # Every epoch (22 steps): 15 points on the report's eval curve.
-  config.checkpoint_every_steps = 110
-  return common.finalize(config, arg)
+    config = common.base_config()
+    config.dataset = "digits"
+    config.image_size = 16
+    config.model = "resnet20"
+    config.csr = "t2"
+    config.model_overrides.widths = (8, 16, 32)
+    # Each residual block starts as the identity (last BN scale 0), see above.
+    config.model_overrides.zero_init_residual = True
+    config.batch_size = 64
+    config.num_epochs = 20.0
+    config.learning_rate = 0.1
+    config.nesterov = True
+    config.weight_decay = 5e-4
+    config.label_smoothing = 0.1
+    config.schedule = "cosine"
+    config.warmup_epochs = 1.0
+    config.log_every_steps = 20
+    config.eval_every_steps = 22  # Every epoch (22 steps): 15 points on the report's eval curve.
+    config.checkpoint_every_steps = 110
+    return common.finalize(config, arg)

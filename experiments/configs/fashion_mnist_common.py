@@ -18,22 +18,24 @@ STEPS_PER_EPOCH = 60_000 // 128  # 468 at batch 128.
 
 
 def fashion_mnist_config():
-  config = common.base_config()
-  config.dataset = 'fashion_mnist'
-  config.image_size = 32
-  config.batch_size = 128
-  config.eval_batch_size = 500  # Divides the 10,000 test images: no padded last batch.
-  config.num_epochs = 30.0
-  config.optimizer = 'sgd'
-  config.learning_rate = 0.1
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 5e-4
-  config.label_smoothing = 0.1
-  config.schedule = 'cosine'
-  config.warmup_epochs = 1.0
-  config.log_every_steps = 50
-  config.eval_every_steps = STEPS_PER_EPOCH * 2  # About every 2 epochs.
-  config.checkpoint_every_steps = STEPS_PER_EPOCH  # About every epoch: a killed CPU run loses little.
-  config.keep_checkpoints = 2
-  return config
+    config = common.base_config()
+    config.dataset = "fashion_mnist"
+    config.image_size = 32
+    config.batch_size = 128
+    config.eval_batch_size = 500  # Divides the 10,000 test images: no padded last batch.
+    config.num_epochs = 30.0
+    config.optimizer = "sgd"
+    config.learning_rate = 0.1
+    config.momentum = 0.9
+    config.nesterov = True
+    config.weight_decay = 5e-4
+    config.label_smoothing = 0.1
+    config.schedule = "cosine"
+    config.warmup_epochs = 1.0
+    config.log_every_steps = 50
+    config.eval_every_steps = STEPS_PER_EPOCH * 2  # About every 2 epochs.
+    config.checkpoint_every_steps = (
+        STEPS_PER_EPOCH  # About every epoch: a killed CPU run loses little.
+    )
+    config.keep_checkpoints = 2
+    return config

@@ -11,7 +11,7 @@ from experiments.configs import common, fashion_mnist_common
 
 
 def get_config(arg=None):
-  config = fashion_mnist_common.fashion_mnist_config()
-  config.model = 'mobilenetv2_cifar'
-  config.csr = 'reference'
-  return common.finalize(config, arg)
+    config = fashion_mnist_common.fashion_mnist_config()
+    config.model = "mobilenetv2_cifar"
+    config.csr = "reference"
+    return common.finalize(config, arg)

@@ -10,7 +10,7 @@ from experiments.configs import common, fashion_mnist_common
 
 
 def get_config(arg=None):
-  config = fashion_mnist_common.fashion_mnist_config()
-  config.model = 'resnet20'
-  config.csr = 't2'
-  return common.finalize(config, arg)
+    config = fashion_mnist_common.fashion_mnist_config()
+    config.model = "resnet20"
+    config.csr = "t2"
+    return common.finalize(config, arg)

@@ -13,30 +13,30 @@ STEPS_PER_EPOCH_1024 = 1_281_167 // 1024
 
 
 def imagenet_config():
-  config = common.base_config()
-  config.dataset = 'imagenet2012'
-  config.image_size = 224
-  config.batch_size = 1024
-  config.eval_batch_size = 1024  # Divisible by any power-of-two device count up to 1024.
-  config.dtype = 'bfloat16'
-  config.num_epochs = 90.0
-  config.learning_rate = 0.1 * config.batch_size / 256
-  config.momentum = 0.9
-  config.nesterov = True
-  config.weight_decay = 1e-4
-  config.label_smoothing = 0.1
-  config.schedule = 'cosine'
-  config.warmup_epochs = 5.0
-  config.log_every_steps = 100
-  config.eval_every_steps = STEPS_PER_EPOCH_1024 * 5
-  config.checkpoint_every_steps = 1000
-  return config
+    config = common.base_config()
+    config.dataset = "imagenet2012"
+    config.image_size = 224
+    config.batch_size = 1024
+    config.eval_batch_size = 1024  # Divisible by any power-of-two device count up to 1024.
+    config.dtype = "bfloat16"
+    config.num_epochs = 90.0
+    config.learning_rate = 0.1 * config.batch_size / 256
+    config.momentum = 0.9
+    config.nesterov = True
+    config.weight_decay = 1e-4
+    config.label_smoothing = 0.1
+    config.schedule = "cosine"
+    config.warmup_epochs = 5.0
+    config.log_every_steps = 100
+    config.eval_every_steps = STEPS_PER_EPOCH_1024 * 5
+    config.checkpoint_every_steps = 1000
+    return config
 
 
 def finalize(config, arg):
-  """`common.finalize`, plus a smaller image for `runlocal` (224x224 is slow on a CPU)."""
-  config = common.finalize(config, arg)
-  if (arg or '').strip() == 'runlocal':
-    config.image_size = 64
-    config.dtype = 'float32'
-  return config
+    """`common.finalize`, plus a smaller image for `runlocal` (224x224 is slow on a CPU)."""
+    config = common.finalize(config, arg)
+    if (arg or "").strip() == "runlocal":
+        config.image_size = 64
+        config.dtype = "float32"
+    return config

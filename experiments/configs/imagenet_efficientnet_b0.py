@@ -11,9 +11,9 @@ from experiments.configs import imagenet_common
 
 
 def get_config(arg=None):
-  config = imagenet_common.imagenet_config()
-  config.model = 'efficientnet_b0'
-  config.csr = 't3'
-  config.num_epochs = 350.0
-  config.weight_decay = 4e-5
-  return imagenet_common.finalize(config, arg)
+    config = imagenet_common.imagenet_config()
+    config.model = "efficientnet_b0"
+    config.csr = "t3"
+    config.num_epochs = 350.0
+    config.weight_decay = 4e-5
+    return imagenet_common.finalize(config, arg)

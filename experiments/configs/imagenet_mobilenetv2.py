@@ -16,10 +16,10 @@ from experiments.configs import imagenet_common
 
 
 def get_config(arg=None):
-  config = imagenet_common.imagenet_config()
-  config.model = 'mobilenetv2'
-  config.csr = 'reference'
-  config.num_epochs = 150.0
-  config.weight_decay = 4e-5
-  config.model_overrides.dropout_rate = 0.2  # torchvision's, not the authors' 0: see above.
-  return imagenet_common.finalize(config, arg)
+    config = imagenet_common.imagenet_config()
+    config.model = "mobilenetv2"
+    config.csr = "reference"
+    config.num_epochs = 150.0
+    config.weight_decay = 4e-5
+    config.model_overrides.dropout_rate = 0.2  # torchvision's, not the authors' 0: see above.
+    return imagenet_common.finalize(config, arg)

@@ -10,7 +10,7 @@ from experiments.configs import imagenet_common
 
 
 def get_config(arg=None):
-  config = imagenet_common.imagenet_config()
-  config.model = 'resnet50'
-  config.csr = 't2'
-  return imagenet_common.finalize(config, arg)
+    config = imagenet_common.imagenet_config()
+    config.model = "resnet50"
+    config.csr = "t2"
+    return imagenet_common.finalize(config, arg)

@@ -97,8 +97,10 @@ def test_train_step_imports_without_the_training_loop_dependencies():
         "for name in ('grain', 'orbax', 'orbax.checkpoint', 'ml_collections', 'clu', 'tensorflow_datasets'):\n"
         "    sys.modules[name] = None\n"
         "from benchmarks import model_bench\n"
-        "state, steps = model_bench._train_modules()\n"
+        "from csr_jax.train import state, steps\n"
+        "from csr_jax.train.mesh import make_data_mesh\n"
         "assert callable(steps.make_train_step) and callable(state.create_train_state)\n"
+        "assert callable(model_bench.build) and callable(make_data_mesh)\n"
         "print('ok')\n"
     )
     done = subprocess.run(

@@ -84,10 +84,6 @@ class ConvFactory:
         if padding is None:
             padding = (ks[0] - 1) // 2 if ks[0] == ks[1] else ((ks[0] - 1) // 2, (ks[1] - 1) // 2)
         c_in = int(x.shape[-1])
-        # On CPU depthwise convs run as shifted taps and 1x1 convs as a dot, on GPU/TPU as the XLA
-        # conv (chosen at trace time, csr_jax.depthwise); the parameters are nn.Conv's either way.
-        cpu_form = 1 < groups == c_in == features or (ks == (1, 1) and groups == 1)
-        fast = {"conv_general_dilated": depthwise.conv_general_dilated()} if cpu_form else {}
         site = ConvSite(
             path="/".join((*map(str, parent.path), name)),
             role=role,
@@ -99,6 +95,10 @@ class ConvFactory:
             use_bias=use_bias,
             strides=_pair(strides, "strides"),
         )
+        # On CPU depthwise convs run as shifted taps and 1x1 convs as a dot, on GPU/TPU as the XLA
+        # conv (chosen at trace time, csr_jax.depthwise); the parameters are nn.Conv's either way.
+        cpu_form = site.depthwise or (ks == (1, 1) and groups == 1)
+        fast = {"conv_general_dilated": depthwise.conv_general_dilated()} if cpu_form else {}
         decision = decide(self.policy, site)
         steps = decision.steps
         if steps == 1:

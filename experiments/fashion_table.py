@@ -258,6 +258,7 @@ class Row:
     record: dict[str, Any]
     macs: int | None = None
     reduction: float | None = None  # % fewer params than the ordinary row of the same model.
+    seed: int = 0  # config.json's seed: repeated runs of one setting differ only in it.
 
     @property
     def epochs(self) -> float:
@@ -285,12 +286,35 @@ def count_macs(summary: dict[str, Any]) -> int:
     return accounting.model_macs(net, x, method=lambda module, images: module(images, train=False))
 
 
-def row_name(summary: dict[str, Any]) -> str:
-    """The evidence folder name: `<model>_<csr>_<epochs>ep_<size>px`, unique per setting."""
+def row_name(summary: dict[str, Any], seed: int = 0) -> str:
+    """The evidence folder name: `<model>_<csr>_<epochs>ep_<size>px[_s<seed>]`, unique per run.
+
+    Seed 0 (the configs' default) has no suffix, so the names of single-seed runs stay short.
+    """
     epochs = summary["step"] * summary["batch_size"] / NUM_TRAIN
-    return (
+    name = (
         f"{summary['model']}_{report.csr_name(summary.get('csr')).replace(' ', '-')}_"
         f"{epochs:.3g}ep_{summary['image_shape'][0]}px"
+    )
+    return name if seed == 0 else f"{name}_s{seed}"
+
+
+def run_seed(workdir: str) -> int:
+    """The seed a run was trained with (its config.json; 0, the default, when absent)."""
+    config = _read_json(os.path.join(workdir, "config.json")) or {}
+    return int(config.get("seed", 0))
+
+
+def setting(row: Row) -> tuple:
+    """What two runs must share to be repeats of one experiment (everything but the seed)."""
+    s = row.summary
+    return (
+        s["model"],
+        s.get("csr") is not None,
+        row.csr,
+        row.image_size,
+        s["step"],
+        s["batch_size"],
     )
 
 
@@ -301,11 +325,23 @@ def load_rows(workdirs: Sequence[str]) -> list[Row]:
         run = report.load_run(path)
         if run.summary.get("dataset") != "fashion_mnist":
             raise ValueError(f"{path} is a {run.summary.get('dataset')!r} run, not fashion_mnist.")
-        rows.append(Row(row_name(run.summary), path, run.summary, run_record(path, run.summary)))
+        seed = run_seed(path)
+        rows.append(
+            Row(
+                row_name(run.summary, seed),
+                path,
+                run.summary,
+                run_record(path, run.summary),
+                seed=seed,
+            )
+        )
     names = [r.name for r in rows]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"Several runs of the same setting {dupes}; collect one of each.")
+        raise ValueError(
+            f"Several runs of the same setting and seed {dupes}; collect one of each "
+            "(repeats of a setting need different --config.seed values)."
+        )
     for row in rows:
         row.macs = count_macs(row.summary)
     for row in rows:
@@ -327,6 +363,7 @@ def load_rows(workdirs: Sequence[str]) -> list[Row]:
             r.summary.get("csr") is not None,
             r.csr,
             r.epochs,
+            r.seed,
         )
     )
     return rows
@@ -369,20 +406,45 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def claim_lines(rows: Sequence[Row]) -> list[str]:
-    """Per CSR row with an ordinary partner at the same size and length: the target, met or not."""
-    lines = []
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def groups(rows: Sequence[Row]) -> list[list[Row]]:
+    """The rows grouped by setting (repeats over seeds together), in table order."""
+    out: dict[tuple, list[Row]] = {}
     for row in rows:
+        out.setdefault(setting(row), []).append(row)
+    return list(out.values())
+
+
+def _accuracies(runs: Sequence[Row]) -> list[float]:
+    return [r.summary["eval_accuracy"] for r in runs]
+
+
+def _seeds_text(runs: Sequence[Row]) -> str:
+    if len(runs) == 1:
+        return f"seed {runs[0].seed}"
+    return f"mean of seeds {', '.join(str(r.seed) for r in runs)}"
+
+
+def claim_lines(rows: Sequence[Row]) -> list[str]:
+    """Per CSR setting with an ordinary partner at the same size and length: the target, met or
+    not, on the mean accuracy over the seeds each side has."""
+    lines = []
+    settings = groups(rows)
+    for runs in settings:
+        row = runs[0]
         if row.summary.get("csr") is None:
             continue
         partners = [
-            o
-            for o in rows
-            if o.summary["model"] == row.summary["model"]
-            and o.summary.get("csr") is None
-            and o.image_size == row.image_size
-            and o.summary["step"] == row.summary["step"]
-            and o.summary["batch_size"] == row.summary["batch_size"]
+            g
+            for g in settings
+            if g[0].summary["model"] == row.summary["model"]
+            and g[0].summary.get("csr") is None
+            and g[0].image_size == row.image_size
+            and g[0].summary["step"] == row.summary["step"]
+            and g[0].summary["batch_size"] == row.summary["batch_size"]
         ]
         if not partners:
             lines.append(
@@ -391,13 +453,31 @@ def claim_lines(rows: Sequence[Row]) -> list[str]:
             )
             continue
         base = partners[0]
-        delta = 100.0 * (row.summary["eval_accuracy"] - base.summary["eval_accuracy"])
+        delta = 100.0 * (_mean(_accuracies(runs)) - _mean(_accuracies(base)))
         met = delta >= -TARGET_POINTS and (row.reduction or 0.0) >= TARGET_REDUCTION
         lines.append(
-            f"- {row.summary['model']} CSR {row.csr} vs ordinary ({row.epochs:.2f} epochs, "
-            f"{row.image_size}x{row.image_size}): accuracy {delta:+.2f} points with "
+            f"- {row.summary['model']} CSR {row.csr} ({_seeds_text(runs)}) vs ordinary "
+            f"({_seeds_text(base)}), {row.epochs:.2f} epochs, "
+            f"{row.image_size}x{row.image_size}: accuracy {delta:+.2f} points with "
             f"{_pct(row.reduction)} fewer params -> target (within {TARGET_POINTS} points, "
             f">= {TARGET_REDUCTION:.0f}% fewer): **{'met' if met else 'not met'}**."
+        )
+    return lines
+
+
+def seed_noise_lines(rows: Sequence[Row]) -> list[str]:
+    """Per setting trained with several seeds: each accuracy, the mean and the range."""
+    lines = []
+    for runs in groups(rows):
+        if len(runs) < 2:
+            continue
+        accs = _accuracies(runs)
+        row = runs[0]
+        each = ", ".join(f"{a:.4f} (seed {r.seed})" for r, a in zip(runs, accs))
+        lines.append(
+            f"- {row.summary['model']} {row.csr} ({row.epochs:.2f} epochs, "
+            f"{row.image_size}x{row.image_size}): {each}; mean {_mean(accs):.4f}, range "
+            f"{100 * (max(accs) - min(accs)):.2f} points."
         )
     return lines
 
@@ -433,7 +513,8 @@ def _published_params(text: str) -> float | None:
 def plot_accuracy_vs_params(rows: Sequence[Row]):
     """Test accuracy against parameter count (log scale): the parameter-accuracy trade-off.
 
-    One marker per run, labelled with its preset and length, so an ordinary network and its CSR
+    One curve per model and training length through each preset's mean accuracy over seeds
+    (the single runs of a repeated setting are open markers), so an ordinary network and its CSR
     versions read as a curve from right (more parameters) to left. The published benchmark rows
     with a known size are grey points, the others grey dashed lines: context from other recipes,
     not a like-for-like comparison. Draws on a bare ``Figure`` (no pyplot state).
@@ -442,23 +523,38 @@ def plot_accuracy_vs_params(rows: Sequence[Row]):
 
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.add_subplot()
-    models = sorted({r.summary["model"] for r in rows})
-    colours = {m: f"C{i}" for i, m in enumerate(models)}
-    for model in models:
-        mine = sorted(
-            (r for r in rows if r.summary["model"] == model), key=lambda r: r.summary["num_params"]
-        )
-        xs = [r.summary["num_params"] for r in mine]
-        ys = [r.summary["eval_accuracy"] for r in mine]
-        ax.plot(xs, ys, "-o", color=colours[model], label=model, gid=f"runs:{model}")
-        for r, x, y in zip(mine, xs, ys):
+    # One curve per model and training length (runs of different lengths are not a trade-off),
+    # through the mean accuracy of each preset; every seed's own run is a small open marker.
+    curves: dict[tuple, list[list[Row]]] = {}
+    for runs in groups(rows):
+        key = (runs[0].summary["model"], runs[0].image_size, round(runs[0].epochs, 2))
+        curves.setdefault(key, []).append(runs)
+    for i, ((model, size, epochs), settings) in enumerate(sorted(curves.items())):
+        colour = f"C{i}"
+        settings.sort(key=lambda runs: runs[0].summary["num_params"])
+        xs = [runs[0].summary["num_params"] for runs in settings]
+        ys = [_mean(_accuracies(runs)) for runs in settings]
+        label = f"{model}, {epochs:g} epochs, {size}px"
+        ax.plot(xs, ys, "-o", color=colour, label=label, gid=f"runs:{model}:{epochs:g}ep:{size}px")
+        for runs, x, y in zip(settings, xs, ys):
+            if len(runs) > 1:
+                ax.plot(
+                    [x] * len(runs),
+                    _accuracies(runs),
+                    "o",
+                    mfc="none",
+                    ms=4,
+                    color=colour,
+                    gid=f"seeds:{model}:{runs[0].csr}:{epochs:g}ep:{size}px",
+                )
+            seeds = "" if len(runs) == 1 else f", {len(runs)} seeds"
             ax.annotate(
-                f"{r.csr}, {r.epochs:.3g} ep",
+                f"{runs[0].csr}{seeds}",
                 (x, y),
                 textcoords="offset points",
                 xytext=(6, -12),
                 fontsize=8,
-                color=colours[model],
+                color=colour,
             )
     for name, params, acc in PUBLISHED:
         size = _published_params(params)
@@ -498,7 +594,7 @@ def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
     rel = os.path.relpath(results_dir, os.path.dirname(os.path.abspath(output)))
     header = (
         "| model | CSR preset | params | reduction | MACs/image | test accuracy | epochs | "
-        "input | wall time | train images/s | machine | date | command |"
+        "seed | input | wall time | train images/s | machine | date | command |"
     )
     lines = [
         "# Fashion-MNIST: ordinary vs CSR networks",
@@ -525,6 +621,7 @@ def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
             "n/a" if r.macs is None else f"{r.macs / 1e6:.1f}M",
             accuracy_text(s),
             f"{r.epochs:.2f}",
+            str(r.seed),
             f"{r.image_size}x{r.image_size}",
             f"{s['wall_time_s'] / 60:.1f} min",
             "n/a" if s.get("images_per_sec") is None else f"{s['images_per_sec']:.1f}",
@@ -546,11 +643,18 @@ def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
         "",
     ]
     lines += [
-        "Each comparison is one run per network (the same seed, recipe and length); "
-        "differences of a few tenths of a point are within seed-to-seed noise.",
+        "Each comparison is between networks trained with the same recipe and length; where a "
+        "setting was trained with several seeds the comparison uses its mean accuracy. How far "
+        "seeds alone move the accuracy is in the next section: a difference smaller than that "
+        "range is noise, not an effect of the convolutions.",
         "",
     ]
     lines += claim_lines(rows) or ["- No CSR run in this table."]
+    lines += ["", "## Seed noise", ""]
+    lines += seed_noise_lines(rows) or [
+        "- Every setting in this table has one run (one seed): its seed-to-seed spread is "
+        "not measured here."
+    ]
     lines += ["", "## Commands", ""]
     for r in rows:
         lines.append(f"- `{r.name}`: `{r.record.get('command', 'not recorded')}`")

@@ -108,24 +108,31 @@ def test_runs_write_a_table_whose_rows_are_the_summaries(tmp_path):
     assert f"({fashion_table.PLOT_NAME})" in again.read_text().replace("evidence/", "")
 
 
-def test_plot_puts_each_run_at_its_params_and_accuracy(tmp_path):
-    def row(csr, params, acc):
-        summary = {
-            "model": "resnet20",
-            "csr": csr,
-            "num_params": params,
-            "eval_accuracy": acc,
-            "step": 2340,
-            "batch_size": 128,
-            "image_shape": [28, 28, 1],
-        }
-        return fashion_table.Row(f"resnet20_{csr}", str(tmp_path), summary, {})
+def _row(tmp_path, csr, params, acc, seed=0, step=2344):
+    summary = {
+        "model": "resnet20",
+        "csr": csr,
+        "num_params": params,
+        "eval_accuracy": acc,
+        "step": step,
+        "batch_size": 128,
+        "image_shape": [28, 28, 1],
+    }
+    name = fashion_table.row_name(summary, seed)
+    return fashion_table.Row(name, str(tmp_path), summary, {}, seed=seed)
 
-    rows = [row("t2", 141_598, 0.91), row(None, 269_434, 0.93), row("t4", 37_054, 0.88)]
+
+def test_plot_puts_each_run_at_its_params_and_accuracy(tmp_path):
+    rows = [
+        _row(tmp_path, "t2", 141_598, 0.91),
+        _row(tmp_path, None, 269_434, 0.93),
+        _row(tmp_path, "t4", 37_054, 0.88),
+    ]
     fig = fashion_table.plot_accuracy_vs_params(rows)
     ax = fig.axes[0]
-    runs = [l for l in ax.lines if l.get_gid() == "runs:resnet20"]
+    runs = [l for l in ax.lines if (l.get_gid() or "").startswith("runs:resnet20:")]
     assert len(runs) == 1
+    assert runs[0].get_gid() == "runs:resnet20:5ep:28px"
     # Sorted by size, so the line reads as the trade-off curve.
     assert list(runs[0].get_xdata()) == [37_054, 141_598, 269_434]
     assert list(runs[0].get_ydata()) == [0.88, 0.91, 0.93]
@@ -134,3 +141,52 @@ def test_plot_puts_each_run_at_its_params_and_accuracy(tmp_path):
     assert ax.get_xscale() == "log"
     fig.savefig(tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_seeds_of_one_setting_plot_as_their_mean_with_each_run_marked(tmp_path):
+    rows = [
+        _row(tmp_path, None, 269_434, 0.930, seed=0),
+        _row(tmp_path, None, 269_434, 0.926, seed=1),
+        _row(tmp_path, "t2", 141_598, 0.925, seed=0),
+        # A different length is a different curve, not a point of the same trade-off.
+        _row(tmp_path, None, 269_434, 0.90, step=702),
+    ]
+    ax = fashion_table.plot_accuracy_vs_params(rows).axes[0]
+    lines = {l.get_gid(): l for l in ax.lines if l.get_gid()}
+    six = lines["runs:resnet20:5ep:28px"]
+    assert list(six.get_xdata()) == [141_598, 269_434]
+    assert list(six.get_ydata()) == pytest.approx([0.925, 0.928])
+    assert list(lines["runs:resnet20:1.5ep:28px"].get_ydata()) == [0.90]
+    seeds = lines["seeds:resnet20:none:5ep:28px"]
+    assert sorted(seeds.get_ydata()) == [0.926, 0.930]
+    assert not any(g.startswith("seeds:resnet20:t2") for g in lines)  # One run: no seed markers.
+
+
+def test_seed_noise_and_claims_use_every_seed_of_a_setting(tmp_path):
+    rows = [
+        _row(tmp_path, None, 269_434, 0.9300, seed=0),
+        _row(tmp_path, None, 269_434, 0.9260, seed=1),
+        _row(tmp_path, "t2", 141_598, 0.9250, seed=0),
+        _row(tmp_path, "t2", 141_598, 0.9270, seed=1),
+    ]
+    for row in rows[2:]:
+        row.reduction = 47.4
+    assert [r.name for r in rows] == [
+        "resnet20_none_5ep_28px",
+        "resnet20_none_5ep_28px_s1",
+        "resnet20_t2_5ep_28px",
+        "resnet20_t2_5ep_28px_s1",
+    ]
+    noise = fashion_table.seed_noise_lines(rows)
+    assert len(noise) == 2
+    assert "mean 0.9280, range 0.40 points" in noise[0]
+    assert "mean 0.9260, range 0.20 points" in noise[1]
+    (claim,) = fashion_table.claim_lines(rows)
+    # Means 0.9260 vs 0.9280: -0.20 points, within 0.5, with 47.4% fewer params.
+    assert "accuracy -0.20 points" in claim and "**met**" in claim
+    assert "mean of seeds 0, 1" in claim
+    # One seed more on the CSR side that is far worse moves the mean, and the verdict.
+    rows.append(_row(tmp_path, "t2", 141_598, 0.9100, seed=2))
+    rows[-1].reduction = 47.4
+    (claim,) = fashion_table.claim_lines(rows)
+    assert "**not met**" in claim

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import jax
@@ -153,36 +152,15 @@ def test_no_verifying_checkpoint_stops_listing_them_and_moves_nothing(root, refe
 # One owner per workdir.
 
 # `python -m experiments.train ARGS`, pausing before batch 6 until the file argv[1] exists.
-PAUSING_DRIVER = textwrap.dedent("""
-    import os, sys, time
-    from absl import app
-    import csr_jax.data as data
-
-    go, ready = sys.argv.pop(1), sys.argv.pop(1)
-    original = data.make_train_iterator
-
-    class Pausing:
-        def __init__(self, it):
-            self.it, self.count = it, 0
-        def __iter__(self):
-            return self
-        def __next__(self):
-            self.count += 1
-            if self.count == 6:
-                open(ready, 'w').close()
-                while not os.path.exists(go):
-                    time.sleep(0.1)
-            return next(self.it)
-        def get_state(self):
-            return self.it.get_state()
-        def set_state(self, state):
-            self.it.set_state(state)
-
-    data.make_train_iterator = lambda *a, **k: Pausing(original(*a, **k))
-    from experiments import train
-    sys.argv = ['experiments.train'] + sys.argv[1:]
-    app.run(train.main)
-""")
+PAUSING_DRIVER = support.train_driver(
+    6,
+    """
+    open(ready, "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.1)
+    """,
+    setup="go, ready = sys.argv.pop(1), sys.argv.pop(1)",
+)
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,33 +18,7 @@ KILL_AT = 6  # SIGTERM arrives while batch 6 of 8 is being read.
 
 # `python -m experiments.train ARGS`, except that the data iterator sends this process SIGTERM
 # when batch KILL_AT is requested: a real signal at a known step.
-SIGTERM_DRIVER = textwrap.dedent("""
-    import os, signal, sys
-    from absl import app
-    import csr_jax.data as data
-
-    original = data.make_train_iterator
-
-    class SelfTerminating:
-        def __init__(self, it):
-            self.it, self.count = it, 0
-        def __iter__(self):
-            return self
-        def __next__(self):
-            self.count += 1
-            if self.count == {kill_at}:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return next(self.it)
-        def get_state(self):
-            return self.it.get_state()
-        def set_state(self, state):
-            self.it.set_state(state)
-
-    data.make_train_iterator = lambda *a, **k: SelfTerminating(original(*a, **k))
-    from experiments import train
-    sys.argv = ['experiments.train'] + sys.argv[1:]
-    app.run(train.main)
-""").format(kill_at=KILL_AT)
+SIGTERM_DRIVER = support.train_driver(KILL_AT, "os.kill(os.getpid(), signal.SIGTERM)")
 
 
 def _steps(workdir: Path) -> list[int]:

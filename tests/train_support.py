@@ -102,6 +102,53 @@ def run_cli(
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+_DRIVER = """\
+import os, signal, sys, time
+from absl import app
+import csr_jax.data as data
+
+{setup}
+original = data.make_train_iterator
+
+
+class Hooked:
+    def __init__(self, it):
+        self.it, self.count = it, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.count += 1
+        if self.count == {at_batch}:
+{action}
+        return next(self.it)
+
+    def get_state(self):
+        return self.it.get_state()
+
+    def set_state(self, state):
+        self.it.set_state(state)
+
+
+data.make_train_iterator = lambda *a, **k: Hooked(original(*a, **k))
+from experiments import train
+sys.argv = ["experiments.train"] + sys.argv[1:]
+app.run(train.main)
+"""
+
+
+def train_driver(at_batch: int, action: str, setup: str = "") -> str:
+    """Source of `python -m experiments.train ARGS` whose train iterator runs `action` when batch
+    `at_batch` is requested: a fault (a signal, a pause) at a known step of a real run.
+
+    `action` and `setup` are Python statements; `setup` runs first (e.g. to take the test's own
+    arguments off sys.argv before absl parses the rest).
+    """
+    body = textwrap.indent(textwrap.dedent(action).strip(), " " * 12)
+    return _DRIVER.format(setup=textwrap.dedent(setup).strip(), at_batch=int(at_batch), action=body)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ or collect runs that already finished (workdirs of `python -m experiments.train`
 evidence folders this command commits under experiments/results/fashion_mnist/):
 
   python -m experiments.fashion_table --collect /tmp/fashion/resnet20_none /tmp/fashion/resnet20_t2
-  python -m experiments.fashion_table --collect experiments/results/fashion_mnist/*
+  python -m experiments.fashion_table --collect experiments/results/fashion_mnist
 
 A run is `<config>:<csr>`: `<config>` names experiments/configs/fashion_mnist_<config>.py
 (resnet20, resnet56, mobilenetv2) and `<csr>` a CSR preset of that model or `none`.
@@ -500,6 +500,8 @@ def gpu_commands(rows: Sequence[Row], epochs: float = 30.0) -> list[str]:
 
 
 PLOT_NAME = "accuracy_vs_params.png"
+# A Markdown file in the results dir that the table is followed by, verbatim, on every rebuild.
+NOTES_NAME = "NOTES.md"
 
 
 def _published_params(text: str) -> float | None:
@@ -809,6 +811,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             copy_evidence(row, args.results_dir)
         text = markdown(rows, args.results_dir, args.output)
+        notes = os.path.join(args.results_dir, NOTES_NAME)
+        if os.path.isfile(notes):  # Hand-written context (the recipe's why) survives a rebuild.
+            with open(notes, encoding="utf-8") as f:
+                text += "\n" + f.read().strip() + "\n"
         os.makedirs(args.results_dir, exist_ok=True)
         plot_accuracy_vs_params(rows).savefig(os.path.join(args.results_dir, PLOT_NAME), dpi=110)
     except (OSError, ValueError, DatasetNotFoundError) as e:

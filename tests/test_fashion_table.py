@@ -95,7 +95,9 @@ def test_runs_write_a_table_whose_rows_are_the_summaries(tmp_path):
     assert rows[0]["reduction"] == "baseline"
     assert rows[1]["reduction"] == f"{100 * (1 - csr / ordinary):.1f}%"
 
-    # Collecting the committed evidence alone rebuilds the same table.
+    # Collecting the committed evidence alone rebuilds the same table, followed by the
+    # hand-written notes kept next to the evidence.
+    (results / fashion_table.NOTES_NAME).write_text("## Recipe\n\nWhy this recipe.\n")
     again = tmp_path / "AGAIN.md"
     assert (
         fashion_table.main(
@@ -104,6 +106,7 @@ def test_runs_write_a_table_whose_rows_are_the_summaries(tmp_path):
         == 0
     )
     assert _table_rows(again.read_text()) == rows
+    assert again.read_text().endswith("## Recipe\n\nWhy this recipe.\n")
     assert (results / fashion_table.PLOT_NAME).stat().st_size > 1000
     assert f"({fashion_table.PLOT_NAME})" in again.read_text().replace("evidence/", "")
 

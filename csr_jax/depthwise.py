@@ -105,20 +105,26 @@ def _pads(
     return pads
 
 
-def _taps(x: Array, kernel: Array, strides: tuple[int, int], pads: list[tuple[int, int]]) -> Array:
-    kh, kw = kernel.shape[:2]
-    n, height, width, c = x.shape
-    sh, sw = strides
-    h_out = (height + pads[0][0] + pads[0][1] - kh) // sh + 1
-    w_out = (width + pads[1][0] + pads[1][1] - kw) // sw + 1
-    if h_out < 1 or w_out < 1:
-        raise ValueError(
-            f"depthwise_conv: a {kh}x{kw} window with padding {pads} does not fit input {x.shape}."
-        )
-    out_dtype = x.dtype
-    acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+def _out_hw(x_hw, kernel_hw, strides, pads) -> tuple[int, int]:
+    return tuple(
+        (size + lo + hi - k) // s + 1
+        for size, k, s, (lo, hi) in zip(x_hw, kernel_hw, strides, pads)
+    )
+
+
+def _pad_hw(x: Array, pads, interior=(0, 0)) -> Array:
     zero = jnp.zeros((), x.dtype)
-    xp = lax.pad(x, zero, [(0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)]).astype(acc_dtype)
+    return lax.pad(
+        x, zero, [(0, 0, 0), (*pads[0], interior[0]), (*pads[1], interior[1]), (0, 0, 0)]
+    )
+
+
+def _sum_taps(xp: Array, kernel: Array, strides, out_hw, acc_dtype) -> Array:
+    """``sum_ij xp[:, i::s, j::s, :][:out_hw] * kernel[i, j, 0]``, accumulated in ``acc_dtype``."""
+    kh, kw = kernel.shape[:2]
+    n, c = xp.shape[0], xp.shape[-1]
+    sh, sw = strides
+    h_out, w_out = out_hw
     w = kernel.astype(acc_dtype)
     y = None
     for i in range(kh):
@@ -129,9 +135,64 @@ def _taps(x: Array, kernel: Array, strides: tuple[int, int], pads: list[tuple[in
                 (n, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
                 (1, sh, sw, 1),
             )
-            term = tap * w[i, j, 0]
+            term = tap.astype(acc_dtype) * w[i, j, 0]
             y = term if y is None else y + term
-    return y.astype(out_dtype)
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _taps(x: Array, kernel: Array, strides: tuple[int, int], pads) -> Array:
+    kh, kw = kernel.shape[:2]
+    out_hw = _out_hw(x.shape[1:3], (kh, kw), strides, pads)
+    if out_hw[0] < 1 or out_hw[1] < 1:
+        raise ValueError(
+            f"depthwise_conv: a {kh}x{kw} window with padding {pads} does not fit input {x.shape}."
+        )
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return _sum_taps(_pad_hw(x, pads), kernel, strides, out_hw, acc).astype(x.dtype)
+
+
+def _taps_fwd(x, kernel, strides, pads):
+    return _taps(x, kernel, strides, pads), (x, kernel)
+
+
+def _taps_bwd(strides, pads, residuals, g):
+    x, kernel = residuals
+    kh, kw = kernel.shape[:2]
+    height, width = x.shape[1:3]
+    sh, sw = strides
+    h_out, w_out = g.shape[1:3]
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    # Rows/cols of the padded input the strided windows start on, dilated: (out - 1) * s + 1.
+    lh, lw = (h_out - 1) * sh + 1, (w_out - 1) * sw + 1
+    # Input gradient: the cotangent, dilated by the stride and padded so that a stride-1
+    # correlation with the flipped kernel lands on x's pixels (negative padding crops).
+    g_full = _pad_hw(
+        g,
+        (
+            (kh - 1 - pads[0][0], height + pads[0][0] - lh),
+            (kw - 1 - pads[1][0], width + pads[1][0] - lw),
+        ),
+        (sh - 1, sw - 1),
+    )
+    dx = _sum_taps(g_full, kernel[::-1, ::-1], (1, 1), (height, width), acc).astype(x.dtype)
+    # Kernel gradient: per tap, <padded input, cotangent placed at the tap's offset>. Padding the
+    # cotangent (not slicing the input) keeps each tap one reduction over a padded operand.
+    xp = _pad_hw(x, pads).astype(acc)
+    hp, wp = xp.shape[1:3]
+    ga = g.astype(acc)
+    rows = [
+        jnp.sum(
+            xp * _pad_hw(ga, ((i, hp - i - lh), (j, wp - j - lw)), (sh - 1, sw - 1)), axis=(0, 1, 2)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    dkernel = jnp.stack(rows).reshape(kernel.shape).astype(kernel.dtype)
+    return dx, dkernel
+
+
+_taps.defvjp(_taps_fwd, _taps_bwd)
 
 
 def depthwise_conv(
@@ -173,7 +234,8 @@ def depthwise_conv(
             feature_group_count=x.shape[-1],
             precision=precision,
         )
-    return _taps(x, kernel, strides, _pads(padding, x.shape[1:3], kernel.shape[:2], strides))
+    pads = tuple(tuple(p) for p in _pads(padding, x.shape[1:3], kernel.shape[:2], strides))
+    return _taps(x, kernel, strides, pads)
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:

@@ -35,12 +35,13 @@ def _inputs(shape, k, dtype, seed=0):
     return x, kernel
 
 
-PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1))]
+# "wide" pads more than k - 1 on some sides: the input gradient then crops (negative padding).
+PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1)), ((6, 1), (0, 5))]
 
 
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "sym1", "asym"])
+@pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "sym1", "asym", "wide"])
 def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
     x, kernel = _inputs((2, 9, 8, 5), k, jnp.float32)
     cot = jnp.asarray(
@@ -58,6 +59,47 @@ def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
     g_xla = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
     for a, b in zip(g_taps, g_xla):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))], ids=["same", "asym"])
+def test_taps_gradients_on_large_maps_equal_xla(k, padding):
+    """Maps large enough that the kernel gradient takes its padded-cotangent form (the small
+    maps above take the sliced-input form)."""
+    x, kernel = _inputs((2, 40, 36, 3), k, jnp.float32)
+    xla = lambda x, w: _xla(x, w, (1, 1), padding)
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal(xla(x, kernel).shape), jnp.float32)
+    taps = lambda x, w: depthwise.depthwise_conv(x, w, 1, padding, impl="taps")
+    loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cot)
+    for a, b in zip(
+        jax.grad(loss(taps), argnums=(0, 1))(x, kernel),
+        jax.grad(loss(xla), argnums=(0, 1))(x, kernel),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_taps_second_order_gradients_equal_xla(stride):
+    """The taps path's hand-written backward is itself differentiated correctly (reverse over
+    reverse, as in gradient penalties), and forward mode is refused with JAX's own error."""
+    x, kernel = _inputs((2, 7, 6, 3), 3, jnp.float32)
+    taps = lambda x, w: depthwise.depthwise_conv(x, w, stride, "SAME", impl="taps")
+    xla = lambda x, w: _xla(x, w, (stride, stride), "SAME")
+
+    def penalty(f):
+        inner = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))
+        return lambda x, w: sum(jnp.sum(g**2) for g in inner(x, w))
+
+    for a, b in zip(
+        jax.grad(penalty(taps), argnums=(0, 1))(x, kernel),
+        jax.grad(penalty(xla), argnums=(0, 1))(x, kernel),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(TypeError, match="forward-mode"):
+        jax.jvp(lambda x: taps(x, kernel), (x,), (x,))
+    with depthwise.forced_impl("xla"):
+        y, y_dot = jax.jvp(lambda x: depthwise.depthwise_conv(x, kernel, stride), (x,), (x,))
+    np.testing.assert_allclose(y_dot, xla(x, kernel), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("k", [3, 5])

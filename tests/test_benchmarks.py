@@ -152,3 +152,26 @@ def test_layer_bench_select_runs_cases_at_another_steps_and_size():
         ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 32),
         ("mbv2 project 1x1 576->96 T=2", 576, 96, 1, 2, 8),
     ]
+
+
+def test_depthwise_ab_loads_a_revision_that_computes_the_same_conv():
+    """The A/B benchmark's "before" module is read from git and computes the same depthwise conv
+    (values and gradients) as the working tree's, so its timings compare like for like."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import depthwise_ab
+    from csr_jax import depthwise
+
+    old = depthwise_ab.load_module_at("HEAD")
+    assert old is not depthwise and hasattr(old, "_taps")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 6, 5, 3)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 1, 3)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+    f_old = lambda x, w: jnp.sum(jnp.sin(old._taps(x, w, (2, 2), pads)))
+    f_new = lambda x, w: jnp.sum(jnp.sin(depthwise._taps(x, w, (2, 2), pads)))
+    np.testing.assert_allclose(f_old(x, w), f_new(x, w), rtol=1e-6)
+    for a, b in zip(jax.grad(f_old, (0, 1))(x, w), jax.grad(f_new, (0, 1))(x, w)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@
 XLA:CPU lowers a depthwise ``lax.conv_general_dilated`` (``feature_group_count`` == channels)
 to a slow generic loop, forward and backward. Written as the sum of its k*k shifted taps --
 ``y = sum_ij x_pad[:, i::s, j::s, :] * w[i, j]``, elementwise multiplies and adds that XLA fuses
-into one loop, and whose gradients are again fused pads, multiplies and reductions -- the same
+into one loop, with a backward pass of the same kind (below) -- the same
 function trained 5-40x faster on a 2-core AVX2 CPU at MobileNetV2/EfficientNet shapes (k = 3 and
 5, strides 1 and 2; ``benchmarks/depthwise_bench.py``, numbers in ``benchmarks/RESULTS.md``). The
 other candidates measured there were slower: an im2col stack contracted with the kernel (it

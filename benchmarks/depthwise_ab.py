@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import pathlib
 import platform
 import statistics
 import subprocess
@@ -30,8 +31,9 @@ from csr_jax import depthwise
 
 def load_module_at(rev: str, path: str = "csr_jax/depthwise.py"):
     """The module ``path`` as it was at git revision ``rev``, imported under a private name."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
     source = subprocess.run(
-        ["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True
+        ["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True, cwd=repo
     ).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(source)

@@ -175,3 +175,27 @@ def test_depthwise_ab_loads_a_revision_that_computes_the_same_conv():
     np.testing.assert_allclose(f_old(x, w), f_new(x, w), rtol=1e-6)
     for a, b in zip(jax.grad(f_old, (0, 1))(x, w), jax.grad(f_new, (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_step_profile_attributes_kernel_time_to_ops():
+    """The profiler matches trace events to HLO instructions and their JAX ops: the tiny
+    MobileNetV2's depthwise and 1x1 convs show up by name, and the thread shares cover the step."""
+    from benchmarks import step_profile
+
+    hlo = (
+        "  %pad_slice_fusion.12 = f32[2,8,8,4]{3,2,1,0} fusion(%x), kind=kLoop, "
+        'metadata={op_name="jit(step)/jvp(MobileNetV2)/block_3/depthwise/slice" stack_frame_id=4}'
+    )
+    assert step_profile.op_names(hlo) == {
+        "pad_slice_fusion.12": "jvp(MobileNetV2)/block_N/depthwise/slice"
+    }
+    assert step_profile.kind_of("pad_slice_fusion.12") == "pad_slice_fusion"
+
+    case = model_bench.select_cases("tiny", None)[0]
+    summary = step_profile.profile(case, "ordinary", steps=1)
+    ops = " ".join(op for _, op in summary["by_op"])
+    assert "depthwise" in ops and "dot_general" in ops
+    assert summary["kernel_ms_per_step"] > 0
+    assert abs(sum(summary["threads_busy_share"].values()) - 1.0) < 1e-6
+    report = step_profile.format_report(case.id, "ordinary", summary, top=5)
+    assert "| fusion kind | op | kernels/step | ms/step |" in report

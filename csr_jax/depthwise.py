@@ -135,23 +135,26 @@ def _pad_hw(x: Array, pads, interior=(0, 0)) -> Array:
     )
 
 
+def _tap(xp: Array, i: int, j: int, strides, out_hw) -> Array:
+    """Tap ``(i, j)`` of a padded map: ``xp[:, i::s, j::s, :]`` cut to ``out_hw``."""
+    n, c = xp.shape[0], xp.shape[-1]
+    (sh, sw), (h_out, w_out) = strides, out_hw
+    return lax.slice(
+        xp,
+        (0, i, j, 0),
+        (n, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
+        (1, sh, sw, 1),
+    )
+
+
 def _sum_taps(xp: Array, kernel: Array, strides, out_hw, acc_dtype) -> Array:
     """``sum_ij xp[:, i::s, j::s, :][:out_hw] * kernel[i, j, 0]``, accumulated in ``acc_dtype``."""
     kh, kw = kernel.shape[:2]
-    n, c = xp.shape[0], xp.shape[-1]
-    sh, sw = strides
-    h_out, w_out = out_hw
     w = kernel.astype(acc_dtype)
     y = None
     for i in range(kh):
         for j in range(kw):
-            tap = lax.slice(
-                xp,
-                (0, i, j, 0),
-                (n, i + (h_out - 1) * sh + 1, j + (w_out - 1) * sw + 1, c),
-                (1, sh, sw, 1),
-            )
-            term = tap.astype(acc_dtype) * w[i, j, 0]
+            term = _tap(xp, i, j, strides, out_hw).astype(acc_dtype) * w[i, j, 0]
             y = term if y is None else y + term
     return y
 
@@ -209,12 +212,8 @@ def _taps_bwd(strides, pads, residuals, g):
     else:
         # Small maps (the padding is a large share of them) and strides > 1 (the padded
         # cotangent would be s*s times larger): slices of the input; they are small here.
-        n, c = xp.shape[0], xp.shape[-1]
         rows = [
-            jnp.sum(
-                lax.slice(xp, (0, i, j, 0), (n, i + lh, j + lw, c), (1, sh, sw, 1)) * ga,
-                axis=(0, 1, 2),
-            )
+            jnp.sum(_tap(xp, i, j, strides, (h_out, w_out)) * ga, axis=(0, 1, 2))
             for i in range(kh)
             for j in range(kw)
         ]

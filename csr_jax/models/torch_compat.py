@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from csr_jax.models.batch_norm import FusedBatchNorm
+
 __all__ = ["TorchStatsBatchNorm", "torch_batch_norm", "torch_default_bias_init"]
 
 Array = jax.Array
@@ -36,7 +38,7 @@ def torch_default_bias_init(fan_in: int) -> Callable[..., Array]:
     return init
 
 
-class TorchStatsBatchNorm(nn.BatchNorm):
+class TorchStatsBatchNorm(FusedBatchNorm):
     """``nn.BatchNorm`` whose running variance follows PyTorch: updated with the unbiased variance.
 
     Same variables (``scale``, ``bias``, ``mean``, ``var``), same forward pass and same running

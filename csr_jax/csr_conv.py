@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from csr_jax.depthwise import depthwise_conv
+from csr_jax.depthwise import default_impl, depthwise_conv
 
 Array = jax.Array
 Dtype = Any
@@ -335,8 +335,8 @@ def _hidden_step(
 
 
 def _hidden_path(
-    a: Array,
-    time_axis: int,
+    a: Array | list[Array],
+    time_axis: int | None,
     kernel: Array,
     bias: Array | None,
     alpha: Array,
@@ -352,10 +352,8 @@ def _hidden_path(
     ``unroll=None`` runs the steps as straight-line Python; an int runs ``lax.scan`` with that
     unroll factor (the NNX layer's rolled form; the linen layer's rolled form is ``nn.scan`` over
     ``_HiddenCell``, with the same step and the same loop inputs and outputs,
-    :func:`_scan_inputs`/:func:`_scan_outputs`). ``a`` is cut with ONE split rather than per-step slices: the gradient of a
-    split is one concatenate, that of T slices is T zero-padded full-size tensors added up.
+    :func:`_scan_inputs`/:func:`_scan_outputs`). ``a``: see :func:`_steps_of`.
     """
-    steps = a.shape[time_axis]
     step = functools.partial(
         _hidden_step,
         kernel=kernel,
@@ -366,7 +364,7 @@ def _hidden_path(
         precision=precision,
     )
     if unroll is None:
-        a_steps = [jnp.squeeze(c, time_axis) for c in jax.lax.split(a, [1] * steps, axis=time_axis)]
+        a_steps = _steps_of(a, time_axis)
         hs = [a_steps[0]]  # h_1 = a_1
         for a_t in a_steps[1:]:
             hs.append(step(hs[-1], a_t))
@@ -381,8 +379,27 @@ def _hidden_path(
     return _scan_outputs(first, hs)
 
 
-def _scan_inputs(a: Array, time_axis: int) -> tuple[Array, Array]:
+def _steps_of(a: Array | list[Array], time_axis: int | None) -> list[Array]:
+    """The input path's outputs as the list ``[a_1, ..., a_T]``.
+
+    ``a`` is that list already (``time_axis`` None), or one array with T along ``time_axis``,
+    cut with ONE split rather than per-step slices: the gradient of a split is one concatenate,
+    that of T slices is T zero-padded full-size tensors added up.
+    """
+    if time_axis is None:
+        return list(a)
+    steps = a.shape[time_axis]
+    return [jnp.squeeze(c, time_axis) for c in jax.lax.split(a, [1] * steps, axis=time_axis)]
+
+
+def _dtype_of(a: Array | list[Array]) -> Any:
+    return a[0].dtype if isinstance(a, list) else a.dtype
+
+
+def _scan_inputs(a: Array | list[Array], time_axis: int | None) -> tuple[Array, Array]:
     """A rolled loop's carry ``h_1 = a_1`` and its inputs ``a_2 .. a_T`` stacked on axis 0."""
+    if time_axis is None:
+        return a[0], jnp.stack(a[1:], axis=0)
     first, rest = jax.lax.split(a, [1, a.shape[time_axis] - 1], axis=time_axis)
     return jnp.squeeze(first, time_axis), jnp.moveaxis(rest, time_axis, 0)
 
@@ -401,7 +418,7 @@ def _forward(
     depthwise: bool,
     precision: Any,
     dtype: Dtype | None,
-    hidden: Callable[[Array, int], Array],
+    hidden: Callable[[Array | list[Array], int | None], Array],
 ) -> Array:
     """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis)``
     runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and is the
@@ -414,12 +431,12 @@ def _forward(
         reps = -(-total_in // c_in)
         x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
 
-    # Input path for all steps at once: a holds a_1..a_T along `time_axis`.
+    # Input path: a holds a_1..a_T along `time_axis`, or is their list (time_axis None).
     a, time_axis = _input_path(x, kernel, spec, depthwise=depthwise, precision=precision)
     if bias is not None:
-        a = a + bias
+        a = [a_t + bias for a_t in a] if time_axis is None else a + bias
     if spec.steps == 1:
-        return jnp.squeeze(a, time_axis)[..., : spec.features]
+        return _steps_of(a, time_axis)[0][..., : spec.features]
 
     h = hidden(a, time_axis)
     _, h_out, w_out, _, _ = h.shape
@@ -513,13 +530,13 @@ class CSRConv(nn.Module):
                 self.param_dtype,
             )
 
-        def hidden(a: Array, time_axis: int) -> Array:
+        def hidden(a: Array | list[Array], time_axis: int | None) -> Array:
             cell = functools.partial(
                 _HiddenCell,
                 spec=spec,
                 use_bias=self.use_bias,
                 depthwise=self.depthwise,
-                dtype=a.dtype,
+                dtype=_dtype_of(a),
                 param_dtype=self.param_dtype,
                 precision=self.precision,
                 kernel_init=self.kernel_init,
@@ -561,10 +578,12 @@ class CSRConv(nn.Module):
 def _input_path(
     x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any
 ) -> tuple[Array, int]:
-    """``U * x_t`` for every step as one op on the wrapped input; returns ``(a, time_axis)``.
+    """``U * x_t`` for every step on the wrapped input; returns ``(a, time_axis)``.
 
-    ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
-    depthwise kernels, ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
+    ``a`` is the list ``[a_1, ..., a_T]`` (time_axis None) for 1x1 kernels on the CPU path
+    (:func:`csr_jax.depthwise.default_impl` ``"taps"``), one array ``(N, H', W', T, g_out)``
+    (time_axis 3, the channels' own order) for 1x1 kernels on GPU/TPU and for depthwise kernels,
+    and ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
     """
     n, _, _, _ = x.shape
     steps, strides, padding, g_in, g_out = (
@@ -577,12 +596,19 @@ def _input_path(
     kh, kw = spec.kernel_size
     if (kh, kw) == (1, 1) and not depthwise and _is_zero_padding(padding):
         # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it
-        # much faster as a dot than as a conv; the chunks stay in place, no transpose.
+        # much faster as a dot than as a conv.
         if strides != (1, 1):
             x = x[:, :: strides[0], :: strides[1], :]
+        w = kernel[0, 0]
+        if default_impl() == "taps":
+            # CPU: one dot per step on a slice of the (smaller) input. Cutting one dot's (larger)
+            # output into steps, and joining their gradients, cost more than T smaller dots.
+            return [
+                _matmul(x[..., t * g_in : (t + 1) * g_in], w, precision) for t in range(steps)
+            ], None
+        # GPU/TPU: one dot on all chunks; they stay in place, no transpose.
         _, height, width, _ = x.shape
-        a = _matmul(x.reshape(n, height, width, steps, g_in), kernel[0, 0], precision)
-        return a, 3
+        return _matmul(x.reshape(n, height, width, steps, g_in), w, precision), 3
     if depthwise:
         # Every chunk uses the same per-channel filters: tile the kernel over the T chunks and
         # run one depthwise conv over all (wrapped) channels, in their own order (shifted taps

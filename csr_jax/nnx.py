@@ -27,6 +27,7 @@ from csr_jax.csr_conv import (
     Initializer,
     PaddingLike,
     _check_input,
+    _dtype_of,
     _fan_in,
     _forward,
     _hidden_path,
@@ -126,13 +127,13 @@ class CSRConv(nnx.Module):
             )
         spec = self._spec
 
-        def hidden(a: Array, time_axis: int) -> Array:
+        def hidden(a: Array | list[Array], time_axis: int | None) -> Array:
             kernel, bias, alpha, beta = promote_dtype(
                 _value(self.hidden_kernel),
                 _value(self.hidden_bias),
                 _value(self.alpha),
                 _value(self.beta),
-                dtype=a.dtype,
+                dtype=_dtype_of(a),
             )
             return _hidden_path(
                 a,

@@ -284,3 +284,27 @@ def test_mobilenet_forward_equal_on_both_paths():
         conv_xla, y_xla = run()
     assert (conv_taps, conv_xla) == (False, True)
     np.testing.assert_allclose(y_taps, y_xla, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("unroll", [None, 1], ids=["unrolled", "rolled"])
+@pytest.mark.parametrize("strides", [1, 2])
+def test_csr_conv_1x1_paths_equal(strides, unroll):
+    """A 1x1 CSRConv's input path: one dot per step on CPU, one dot over all chunks on GPU/TPU;
+    same values and gradients (5 input channels, T=3: the input wraps around)."""
+    layer = CSRConv(7, 1, 3, strides=strides, use_bias=True, unroll=unroll)
+    x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 4, 5)), jnp.float32)
+    params = jax.tree.map(lambda p: p + 0.1, layer.init(jax.random.key(0), x))
+
+    def run():
+        loss = lambda p, x: jnp.sum(jnp.sin(layer.apply(p, x)))
+        dots = str(jax.make_jaxpr(loss)(params, x)).count("dot_general")
+        return dots, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+
+    with depthwise.forced_impl("taps"):
+        dots_taps, (v_taps, g_taps) = run()
+    with depthwise.forced_impl("xla"):
+        dots_xla, (v_xla, g_xla) = run()
+    assert dots_taps == dots_xla + 2  # T input dots instead of one
+    np.testing.assert_allclose(v_taps, v_xla, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g_taps), jax.tree.leaves(g_xla)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

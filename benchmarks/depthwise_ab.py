@@ -1,18 +1,24 @@
-"""Whole-network A/B of the depthwise path: csr_jax's depthwise module at an earlier git revision
-against the working tree's, in ONE process, timed alternately.
+"""Whole-network A/B of csr_jax's CPU fast paths: the depthwise module at an earlier git revision,
+BatchNorm without its fused backward and/or CSRConv's 1x1 input path as one dot, against the
+working tree, in ONE process, timed alternately.
 
 Why: a change to ``csr_jax/depthwise.py`` moves the train step of every network with depthwise
 convs, and CPU timings drift by 10% between runs minutes apart; only an interleaved comparison
 (before, after, before, after, ...) on the same compiled-step harness as ``model_bench`` gives a
 ratio worth recording. The earlier revision's ``_taps`` (read with ``git show``) is swapped in
-while the "before" step is traced; everything else is the working tree's.
+while the "before" step is traced; with ``--flax-batchnorm-before`` the "before" step's
+BatchNorm layers run ``nn.BatchNorm``'s autodiff instead of ``FusedBatchNorm``'s backward; with
+``--csr-one-dot-before`` its 1x1 CSRConv layers compute the input path of all steps as one dot
+(the GPU/TPU form) instead of one dot per step. Everything else is the working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
+      python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-one-dot-before] [--cases ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.util
 import pathlib
@@ -26,7 +32,8 @@ from collections.abc import Sequence
 import jax
 
 from benchmarks import model_bench
-from csr_jax import depthwise
+from csr_jax import csr_conv, depthwise
+from csr_jax.models.batch_norm import FusedBatchNorm
 
 
 def load_module_at(rev: str, path: str = "csr_jax/depthwise.py"):
@@ -43,23 +50,64 @@ def load_module_at(rev: str, path: str = "csr_jax/depthwise.py"):
     return module
 
 
+def _before(rev: str | None, flax_batchnorm: bool, csr_one_dot: bool = False):
+    """A context manager factory under which the 'before' step is traced."""
+    old = load_module_at(rev) if rev is not None else None
+
+    def before_taps(x, kernel, strides, pads):
+        return old._taps(x, kernel, strides, [tuple(p) for p in pads])
+
+    @contextlib.contextmanager
+    def before():
+        after = depthwise._taps, FusedBatchNorm._fusable, csr_conv.default_impl
+        if old is not None:
+            depthwise._taps = before_taps
+        if flax_batchnorm:
+            FusedBatchNorm._fusable = lambda self, x, mask: False
+        if csr_one_dot:
+            csr_conv.default_impl = lambda: (
+                "xla"
+            )  # only CSRConv's own choice; not the depthwise convs'
+        try:
+            yield
+        finally:
+            depthwise._taps, FusedBatchNorm._fusable, csr_conv.default_impl = after
+
+    return before
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="git revision of the 'before' code")
+    parser.add_argument(
+        "--before", default=None, help="git revision of the 'before' depthwise code"
+    )
+    parser.add_argument(
+        "--flax-batchnorm-before",
+        action="store_true",
+        help="the 'before' step's BatchNorm is nn.BatchNorm's autodiff (no fused backward)",
+    )
+    parser.add_argument(
+        "--csr-one-dot-before",
+        action="store_true",
+        help="the 'before' step's 1x1 CSRConv input path is one dot over all steps",
+    )
+    parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="chained steps per timing")
     args = parser.parse_args(argv)
-
-    old = load_module_at(args.before)
-    after_taps = depthwise._taps
-
-    def before_taps(x, kernel, strides, pads):
-        return old._taps(x, kernel, strides, [tuple(p) for p in pads])
+    if args.before is None and not (args.flax_batchnorm_before or args.csr_one_dot_before):
+        parser.error(
+            "say what the 'before' step is: --before REV, --flax-batchnorm-before and/or "
+            "--csr-one-dot-before"
+        )
+    before_step = _before(args.before, args.flax_batchnorm_before, args.csr_one_dot_before)
 
     print(
-        f"# depthwise_ab  before {args.before}  jax {jax.__version__}  host {platform.node()}  "
+        f"# depthwise_ab  before: depthwise {args.before or 'tree'}, batchnorm "
+        f"{'flax' if args.flax_batchnorm_before else 'fused'}, csr 1x1 input "
+        f"{'one dot' if args.csr_one_dot_before else 'tree'}  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,
     )
@@ -67,15 +115,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "| case | variant | before img/s | after img/s | after / before | planned MiB before -> after |"
     )
     print("|---|---|---|---|---|---|")
-    for case in model_bench.select_cases("cpu-dw", args.cases):
+    for case in model_bench.select_cases(args.preset, args.cases):
         for variant in args.variants:
             built = {}
-            for name, taps in (("before", before_taps), ("after", after_taps)):
-                depthwise._taps = taps
-                try:
+            for name, context in (("before", before_step), ("after", contextlib.nullcontext)):
+                with context():
                     built[name] = model_bench.build(case, variant)
-                finally:
-                    depthwise._taps = after_taps
                 built[name].run(args.steps)  # warm-up
             times: dict[str, list[float]] = {name: [] for name in built}
             for _ in range(args.repeats):

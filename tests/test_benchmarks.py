@@ -177,6 +177,50 @@ def test_depthwise_ab_loads_a_revision_that_computes_the_same_conv():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_depthwise_ab_flax_batchnorm_before_turns_the_fused_backward_off():
+    """With --flax-batchnorm-before the 'before' step traces nn.BatchNorm's autodiff, and the
+    working tree's fused BatchNorm is back afterwards."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import depthwise_ab
+    from csr_jax import depthwise
+    from csr_jax.models.batch_norm import FusedBatchNorm
+
+    bn = FusedBatchNorm(use_running_average=False)
+    x = jnp.ones((2, 3, 3, 4))
+    variables = bn.init(jax.random.key(0), x)
+    traced = lambda: str(
+        jax.make_jaxpr(lambda v, x: bn.apply(v, x, mutable=["batch_stats"])[0])(variables, x)
+    )
+    with depthwise.forced_impl("taps"):
+        assert "custom_vjp_call" in traced()
+        with depthwise_ab._before(None, flax_batchnorm=True)():
+            assert "custom_vjp_call" not in traced()
+        assert "custom_vjp_call" in traced()
+
+
+def test_depthwise_ab_csr_one_dot_before_switches_only_the_csr_input_path():
+    """With --csr-one-dot-before a 1x1 CSRConv (T=3) traces one input dot instead of three; the
+    depthwise convs keep their CPU path; the working tree's form is back afterwards."""
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks import depthwise_ab
+    from csr_jax import CSRConv, depthwise
+
+    layer = CSRConv(6, 1, 3)
+    x = jnp.ones((1, 3, 3, 6))
+    params = layer.init(jax.random.key(0), x)
+    dots = lambda: str(jax.make_jaxpr(layer.apply)(params, x)).count("dot_general")
+    with depthwise.forced_impl("taps"):
+        per_step = dots()
+        with depthwise_ab._before(None, False, csr_one_dot=True)():
+            assert dots() == per_step - 2
+            assert depthwise.default_impl() == "taps"
+        assert dots() == per_step
+
+
 def test_step_profile_attributes_kernel_time_to_ops():
     """The profiler matches trace events to HLO instructions and their JAX ops: the tiny
     MobileNetV2's depthwise and 1x1 convs show up by name, and the thread shares cover the step."""

@@ -220,8 +220,10 @@ def reconstruct_command(workdir: str) -> str | None:
 def run_record(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     """`<workdir>/run.json` if the run has one; otherwise what can be established about it.
 
-    Without a run.json (a run launched by hand): the command comes from `<workdir>/command.txt`,
-    else it is rebuilt from config.json (and says so); the machine is this one only when the
+    Without a run.json (a run launched by hand): the command comes from `<workdir>/command.txt`
+    (its first line that is not a `#` comment; the comment lines, e.g. "resumed from the step-117
+    checkpoint", become the record's `history`), else it is rebuilt from config.json (and says
+    so); the machine is this one only when the
     summary's device kind and count match it (a run made here), else 'not recorded'; the date is
     summary.json's modification time (when the run finished).
     """
@@ -229,9 +231,12 @@ def run_record(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     if record is not None:
         return record
     command_file = os.path.join(workdir, "command.txt")
+    history: list[str] = []
     if os.path.isfile(command_file):
         with open(command_file, encoding="utf-8") as f:
-            command = f.read().strip()
+            lines = [line.strip() for line in f if line.strip()]
+        command = next((line for line in lines if not line.startswith("#")), "not recorded")
+        history = [line.lstrip("#").strip() for line in lines if line.startswith("#")]
     else:
         rebuilt = reconstruct_command(workdir)
         command = f"{rebuilt}  (rebuilt from config.json)" if rebuilt else "not recorded"
@@ -241,11 +246,14 @@ def run_record(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     )
     mtime = os.path.getmtime(os.path.join(workdir, report.SUMMARY_FILE))
     finished = datetime.datetime.fromtimestamp(mtime, datetime.timezone.utc)
-    return {
+    record = {
         "command": command,
         "machine": here if same else None,
         "finished_utc": finished.strftime("%Y-%m-%d %H:%M UTC"),
     }
+    if history:
+        record["history"] = history
+    return record
 
 
 @dataclasses.dataclass
@@ -662,6 +670,8 @@ def markdown(rows: Sequence[Row], results_dir: str, output: str) -> str:
         lines.append(f"- `{r.name}`: `{r.record.get('command', 'not recorded')}`")
         if r.record.get("launched_by"):
             lines.append(f"  (run by `{r.record['launched_by']}`)")
+        for event in r.record.get("history", ()):
+            lines.append(f"  - {event}")
     missing = gpu_commands(rows)
     if missing:
         lines += [

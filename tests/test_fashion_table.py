@@ -193,3 +193,20 @@ def test_seed_noise_and_claims_use_every_seed_of_a_setting(tmp_path):
     rows[-1].reduction = 47.4
     (claim,) = fashion_table.claim_lines(rows)
     assert "**not met**" in claim
+
+
+def test_run_record_of_a_hand_launched_run_keeps_its_resume_history(tmp_path):
+    """command.txt's first non-comment line is the command; its `#` lines (a resume after an
+    OOM kill, ...) are kept as the record's history and listed under the command."""
+    (tmp_path / "summary.json").write_text(json.dumps({"device_kind": "cpu", "num_devices": 1}))
+    (tmp_path / "command.txt").write_text(
+        "python -m experiments.train --workdir w\n"
+        "# 00:32 UTC: OOM-killed; resumed from the step-117 checkpoint\n\n"
+        "# 01:45 UTC: resumed from the step-533 checkpoint\n"
+    )
+    record = fashion_table.run_record(str(tmp_path), {"device_kind": "cpu", "num_devices": 1})
+    assert record["command"] == "python -m experiments.train --workdir w"
+    assert record["history"] == [
+        "00:32 UTC: OOM-killed; resumed from the step-117 checkpoint",
+        "01:45 UTC: resumed from the step-533 checkpoint",
+    ]

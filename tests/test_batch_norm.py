@@ -36,7 +36,7 @@ def _variables(module, x, seed=1):
     )
 
 
-def _loss(module, variables, cot):
+def _loss(module, variables, cot, post=None):
     """A training-mode loss that also depends on the updated running statistics, so the
     cotangents of the batch mean and variance are non-zero."""
 
@@ -46,6 +46,8 @@ def _loss(module, variables, cot):
             x,
             mutable=["batch_stats"],
         )
+        if post is not None:
+            y = post(y)
         stats = updated["batch_stats"]
         value = jnp.sum(jnp.clip(y.astype(jnp.float32), 0, 6) * cot.astype(jnp.float32))
         return value + jnp.sum(stats["var"] ** 2) + 3.0 * jnp.sum(stats["mean"]), (y, stats)
@@ -53,8 +55,8 @@ def _loss(module, variables, cot):
     return loss
 
 
-def _run(module, variables, x, cot):
-    loss = _loss(module, variables, cot)
+def _run(module, variables, x, cot, post=None):
+    loss = _loss(module, variables, cot, post)
     (value, (y, stats)), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
         variables["params"], x
     )
@@ -202,3 +204,17 @@ def test_batch_norm_train_function_shapes():
     assert y.shape == x.shape and mean.shape == var.shape == (6,)
     np.testing.assert_allclose(np.asarray(y).mean(axis=(0, 1, 2)), 0.0, atol=1e-5)
     np.testing.assert_allclose(np.asarray(y).std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("activation", [nn.relu6, nn.relu, nn.silu], ids=["relu6", "relu", "silu"])
+def test_fused_activation_equals_flax_then_activation(activation):
+    x, cot = _inputs(jnp.float32)
+    fused = FusedBatchNorm(use_running_average=False, activation=activation)
+    variables = _variables(fused, x)
+    with depthwise.forced_impl("taps"):
+        got = _run(fused, variables, x, cot)
+    with depthwise.forced_impl("xla"):
+        unfused = _run(fused, variables, x, cot)
+    want = _run(nn.BatchNorm(use_running_average=False), variables, x, cot, post=activation)
+    _assert_close(got, want, 2e-5)
+    _assert_close(unfused, want, 2e-5)

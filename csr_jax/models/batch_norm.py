@@ -4,11 +4,13 @@
 leaves the gradient to autodiff. On XLA:CPU that gradient materialises ``x - mean`` as a
 residual (one full-size tensor per BatchNorm, written in the forward pass and read back) and
 runs the chain rule through mean and variance as several separate reductions and elementwise
-passes. :class:`FusedBatchNorm` computes the same function -- the same float32 statistics,
-``E[x^2] - E[x]^2`` clipped at 0 as Flax does, the same normalisation expression -- and has a
-``jax.custom_vjp`` whose backward pass is two per-channel reductions over the cotangent
-(``sum(g)`` and ``sum(g * (x - mean))``, with ``x - mean`` recomputed inside the reduction
-instead of stored) and ONE elementwise pass for the input gradient::
+passes; an activation after it (ReLU6, ReLU, SiLU) stores its own input, the BatchNorm output,
+as one more full-size tensor. :class:`FusedBatchNorm` computes the same function -- the same
+float32 statistics, ``E[x^2] - E[x]^2`` clipped at 0 as Flax does, the same normalisation
+expression, then the activation if it is given one -- and has a ``jax.custom_vjp`` whose backward
+pass recomputes the activation's input from ``x`` (nothing but ``x`` is stored), takes the
+activation's gradient ``g``, and needs two per-channel reductions, ``sum(g)`` and
+``sum(g * (x - mean))``, and ONE elementwise pass for the input gradient::
 
     dx = a * g + c0 + c1 * (x - mean),   a = scale * rsqrt(var + eps),
     c0 = (g_mean - a * sum(g)) / n,      c1 = (2 * g_var - scale * rsqrt(var + eps)^3 * sum(g * (x - mean))) / n
@@ -21,16 +23,19 @@ Same variables as ``nn.BatchNorm`` (params ``scale``/``bias``, batch_stats ``mea
 checkpoints are interchangeable. The custom backward is used where the depthwise convs use their
 CPU path (:func:`csr_jax.depthwise.default_impl` is ``"taps"``: on CPU, or inside
 ``depthwise.forced_impl("taps")``); on GPU/TPU, and inside ``depthwise.forced_impl("xla")``, the
-layer is ``nn.BatchNorm`` unchanged. Like the depthwise CPU path, forward-mode differentiation
-(``jax.jvp``, ``jax.jacfwd``) is not defined for the custom backward: trace under
-``forced_impl("xla")`` for it. Configurations the fused form does not cover (a ``mask``,
-``axis_name``, a feature axis other than the last, no scale or bias, the two-pass variance,
-``force_float32_reductions=False``) also run ``nn.BatchNorm`` unchanged.
+layer is ``nn.BatchNorm`` unchanged, followed by the activation. Like the depthwise CPU path,
+forward-mode differentiation (``jax.jvp``, ``jax.jacfwd``) is not defined for the custom
+backward: trace under ``forced_impl("xla")`` for it. Configurations the fused form does not cover
+(a ``mask``, ``axis_name``, a feature axis other than the last, no scale or bias, the two-pass
+variance, ``force_float32_reductions=False``) also run ``nn.BatchNorm`` unchanged. With a
+low-precision ``dtype`` the fused form applies the activation before the cast to ``dtype``,
+``nn.BatchNorm`` + activation after it: the same up to that rounding.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,34 +58,50 @@ def _stats(x: Array) -> tuple[Array, Array]:
     return mean, (xf * xf).mean(axes) - mean * mean
 
 
-def _forward(x: Array, scale: Array, bias: Array, epsilon: float):
+def _normalize(x, mean, inv, scale, bias):
+    return (x - mean) * (inv * scale) + bias
+
+
+def _forward(x: Array, scale: Array, bias: Array, epsilon: float, activation):
     mean, raw_var = _stats(x)
     var = jnp.maximum(0.0, raw_var)
     inv = lax.rsqrt(var + epsilon)
-    y = (x - mean) * (inv * scale) + bias
-    return (y, mean, var), (x, mean, raw_var, inv, scale)
+    y = _normalize(x, mean, inv, scale, bias)
+    if activation is not None:
+        y = activation(y)
+    return (y, mean, var), (x, mean, raw_var, inv, scale, bias)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def batch_norm_train(
-    x: Array, scale: Array, bias: Array, epsilon: float
+    x: Array,
+    scale: Array,
+    bias: Array,
+    epsilon: float,
+    activation: Callable[[Array], Array] | None = None,
 ) -> tuple[Array, Array, Array]:
-    """Normalises ``x`` (..., C) with its own batch statistics over every axis but the last.
+    """Normalises ``x`` (..., C) with its own batch statistics over every axis but the last, then
+    applies the elementwise ``activation`` (if any).
 
     Returns ``(y, mean, var)``: ``y`` in float32 (or wider, as ``x``, ``scale`` and ``bias``
-    promote), the batch mean and the biased batch variance in float32. ``y`` equals
-    ``nn.BatchNorm``'s training output before its final cast to the module dtype.
+    promote), the batch mean and the biased batch variance in float32. Without activation ``y``
+    equals ``nn.BatchNorm``'s training output before its final cast to the module dtype.
     """
-    return _forward(x, scale, bias, epsilon)[0]
+    return _forward(x, scale, bias, epsilon, activation)[0]
 
 
-def _backward(epsilon, residuals, cotangents):
+def _backward(epsilon, activation, residuals, cotangents):
     del epsilon  # inv holds it
-    x, mean, raw_var, inv, scale = residuals
+    x, mean, raw_var, inv, scale, bias = residuals
     g_y, g_mean, g_var = cotangents
     axes = tuple(range(x.ndim - 1))
     n = x.size // x.shape[-1]
     g = g_y.astype(mean.dtype)
+    if activation is not None:
+        # The activation's input is recomputed from x rather than stored: one tensor fewer
+        # written in the forward pass, and XLA fuses the recomputation into the passes below.
+        _, activation_vjp = jax.vjp(activation, _normalize(x, mean, inv, scale, bias))
+        (g,) = activation_vjp(g)
     centered = x.astype(mean.dtype) - mean
     sum_g = g.sum(axes)
     sum_gc = (g * centered).sum(axes)
@@ -92,7 +113,7 @@ def _backward(epsilon, residuals, cotangents):
     return (
         dx.astype(x.dtype),
         (inv * sum_gc).astype(scale.dtype),
-        sum_g.astype(scale.dtype),
+        sum_g.astype(bias.dtype),
     )
 
 
@@ -100,11 +121,16 @@ batch_norm_train.defvjp(_forward, _backward)
 
 
 class FusedBatchNorm(nn.BatchNorm):
-    """``nn.BatchNorm`` whose training-mode gradient is :func:`batch_norm_train`'s on CPU.
+    """``nn.BatchNorm`` whose training-mode gradient is :func:`batch_norm_train`'s on CPU,
+    optionally followed by an elementwise activation.
 
-    Same attributes, variables and outputs as ``nn.BatchNorm``; see the module docstring for when
-    the fused form runs.
+    Same attributes, variables and outputs as ``nn.BatchNorm``, plus ``activation`` (default
+    None): ``FusedBatchNorm(activation=nn.relu6)(x)`` is ``nn.relu6(nn.BatchNorm()(x))``, with the
+    activation's gradient taken inside the fused backward. See the module docstring for when the
+    fused form runs.
     """
+
+    activation: Callable[[Array], Array] | None = None
 
     def _fusable(self, x: Array, mask: Array | None) -> bool:
         return (
@@ -126,7 +152,8 @@ class FusedBatchNorm(nn.BatchNorm):
             "use_running_average", self.use_running_average, use_running_average
         )
         if not (training and not self.is_initializing() and self._fusable(x, mask)):
-            return super().__call__(x, use_running_average, mask=mask)
+            y = super().__call__(x, use_running_average, mask=mask)
+            return y if self.activation is None else self.activation(y)
         features = (x.shape[-1],)
         ra_mean = self.variable(
             "batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), features
@@ -134,7 +161,7 @@ class FusedBatchNorm(nn.BatchNorm):
         ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), features)
         scale = self.param("scale", self.scale_init, features, self.param_dtype)
         bias = self.param("bias", self.bias_init, features, self.param_dtype)
-        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon)
+        y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, self.activation)
         ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
         ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
         return jnp.asarray(y, dtypes.canonicalize_dtype(x, scale, bias, dtype=self.dtype))

@@ -86,7 +86,7 @@ class DenseNet(nn.Module):
         for b in range(1, self.num_blocks + 1):
             for i in range(1, layers + 1):
                 name = f"dense{b}_layer{i}"
-                y = nn.relu(batch_norm(train, self.dtype, f"{name}_bn")(x))
+                y = batch_norm(train, self.dtype, f"{name}_bn", activation=nn.relu)(x)
                 y = self.conv(
                     self,
                     y,
@@ -100,7 +100,7 @@ class DenseNet(nn.Module):
                 x = jnp.concatenate([x, drop(y).astype(x.dtype)], axis=-1)
             if b < self.num_blocks:
                 name = f"transition{b}"
-                y = nn.relu(batch_norm(train, self.dtype, f"{name}_bn")(x))
+                y = batch_norm(train, self.dtype, f"{name}_bn", activation=nn.relu)(x)
                 y = self.conv(
                     self,
                     y,
@@ -112,5 +112,5 @@ class DenseNet(nn.Module):
                     kernel_init=kaiming_fan_in,
                 )
                 x = nn.avg_pool(drop(y), (2, 2), strides=(2, 2))
-        x = nn.relu(batch_norm(train, self.dtype, "final_bn")(x))
+        x = batch_norm(train, self.dtype, "final_bn", activation=nn.relu)(x)
         return classifier(global_avg_pool(x), self.num_classes, self.dtype)

@@ -92,7 +92,7 @@ class MBConv(nn.Module):
             y = self.conv(
                 self, y, name="expand", features=hidden, kernel_size=1, role="expand", **kw
             )
-            y = nn.silu(batch_norm(train, self.dtype, "expand_bn")(y))
+            y = batch_norm(train, self.dtype, "expand_bn", activation=nn.silu)(y)
         y = self.conv(
             self,
             y,
@@ -104,7 +104,7 @@ class MBConv(nn.Module):
             role="depthwise",
             **kw,
         )
-        y = nn.silu(batch_norm(train, self.dtype, "depthwise_bn")(y))
+        y = batch_norm(train, self.dtype, "depthwise_bn", activation=nn.silu)(y)
         # Squeeze-and-excitation on the block's input width / 4, as torchvision does.
         s = jnp.mean(y, axis=(1, 2), keepdims=True)
         s = nn.silu(
@@ -190,7 +190,7 @@ class EfficientNet(nn.Module):
             role="stem",
             kernel_init=kaiming_fan_out,
         )
-        x = nn.silu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, "stem_bn", activation=nn.silu)(x)
         index = 0
         for (ratio, k, s, c, _), n in zip(self.cfg, repeats):
             for i in range(n):
@@ -215,7 +215,7 @@ class EfficientNet(nn.Module):
             role="head",
             kernel_init=kaiming_fan_out,
         )
-        x = nn.silu(batch_norm(train, self.dtype, "head_bn")(x))
+        x = batch_norm(train, self.dtype, "head_bn", activation=nn.silu)(x)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(global_avg_pool(x))
         # torchvision: Linear weights uniform in +-1/sqrt(out_features), zero bias.
         bound = 1.0 / math.sqrt(self.num_classes)

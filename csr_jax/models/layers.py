@@ -148,12 +148,18 @@ class ConvFactory:
 
 
 def batch_norm(
-    train: bool, dtype: Dtype | None, name: str, epsilon: float = 1e-5, zero_scale: bool = False
+    train: bool,
+    dtype: Dtype | None,
+    name: str,
+    epsilon: float = 1e-5,
+    zero_scale: bool = False,
+    activation: Callable[[Array], Array] | None = None,
 ) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
 
     A :class:`~csr_jax.models.batch_norm.FusedBatchNorm`: ``nn.BatchNorm`` with a faster
-    training-mode backward pass on CPU, same variables.
+    training-mode backward pass on CPU, same variables; ``activation`` (e.g. ``nn.relu6``) is
+    applied to its output, its gradient taken inside that backward pass.
 
     Statistics are always reduced in float32, also for bf16 compute. ``zero_scale`` starts the
     scale at 0 instead of 1 (for the last BN of a residual branch, so the block starts as the
@@ -167,6 +173,7 @@ def batch_norm(
         dtype=dtype,
         name=name,
         scale_init=scale_init,
+        activation=activation,
     )
 
 

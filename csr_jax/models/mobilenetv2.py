@@ -128,7 +128,7 @@ class InvertedResidual(nn.Module):
             y = self.conv(
                 self, y, name="expand", features=hidden, kernel_size=1, role="expand", **kw
             )
-            y = nn.relu6(batch_norm(train, self.dtype, "expand_bn")(y))
+            y = batch_norm(train, self.dtype, "expand_bn", activation=nn.relu6)(y)
         y = self.conv(
             self,
             y,
@@ -140,7 +140,7 @@ class InvertedResidual(nn.Module):
             role="depthwise",
             **kw,
         )
-        y = nn.relu6(batch_norm(train, self.dtype, "depthwise_bn")(y))
+        y = batch_norm(train, self.dtype, "depthwise_bn", activation=nn.relu6)(y)
         y = self.conv(
             self, y, name="project", features=self.features, kernel_size=1, role="project", **kw
         )
@@ -217,7 +217,7 @@ class MobileNetV2(nn.Module):
             role="stem",
             kernel_init=init,
         )
-        x = nn.relu6(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, "stem_bn", activation=nn.relu6)(x)
         index = 0
         for t, c, n, s in cfg:
             for i in range(n):
@@ -238,7 +238,7 @@ class MobileNetV2(nn.Module):
         x = self.conv(
             self, x, name="head", features=head, kernel_size=1, role="head", kernel_init=init
         )
-        x = nn.relu6(batch_norm(train, self.dtype, "head_bn")(x))
+        x = batch_norm(train, self.dtype, "head_bn", activation=nn.relu6)(x)
         x = nn.Dropout(dropout, deterministic=not train)(global_avg_pool(x))
         if cifar:
             return classifier(

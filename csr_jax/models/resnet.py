@@ -82,7 +82,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         common = dict(kernel_size=3, role="conv3x3", block=self.block, kernel_init=kaiming_fan_in)
         y = self.conv(self, x, name="conv1", features=self.features, strides=self.strides, **common)
-        y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+        y = batch_norm(train, self.dtype, "bn1", activation=nn.relu)(y)
         y = self.conv(self, y, name="conv2", features=self.features, **common)
         y = batch_norm(train, self.dtype, "bn2", zero_scale=self.zero_init_residual)(y)
         return nn.relu(y + option_a_shortcut(x, self.features, self.strides).astype(y.dtype))
@@ -120,7 +120,7 @@ class CifarResNet(nn.Module):
             role="stem",
             kernel_init=kaiming_fan_in,
         )
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, "stem_bn", activation=nn.relu)(x)
         index = 0
         for stage, width in enumerate(self.widths):
             for i in range(self.blocks_per_stage):
@@ -168,7 +168,7 @@ class Bottleneck(nn.Module):
         y = self.conv(
             self, x, name="conv1", features=self.width, kernel_size=1, role="reduce", **kw
         )
-        y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+        y = batch_norm(train, self.dtype, "bn1", activation=nn.relu)(y)
         y = self.conv(
             self,
             y,
@@ -179,7 +179,7 @@ class Bottleneck(nn.Module):
             role="conv3x3",
             **kw,
         )
-        y = nn.relu(batch_norm(train, self.dtype, "bn2")(y))
+        y = batch_norm(train, self.dtype, "bn2", activation=nn.relu)(y)
         y = self.conv(self, y, name="conv3", features=out, kernel_size=1, role="expand", **kw)
         y = batch_norm(train, self.dtype, "bn3")(y)
         if self.strides != 1 or x.shape[-1] != out:
@@ -235,7 +235,7 @@ class ImageNetResNet(nn.Module):
             role="stem",
             kernel_init=kaiming_fan_out,
         )
-        x = nn.relu(batch_norm(train, self.dtype, "stem_bn")(x))
+        x = batch_norm(train, self.dtype, "stem_bn", activation=nn.relu)(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         index = 0
         for stage, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):

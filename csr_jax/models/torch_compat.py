@@ -84,8 +84,19 @@ class TorchStatsBatchNorm(FusedBatchNorm):
         return y
 
 
-def torch_batch_norm(train: bool, dtype: Any, name: str, epsilon: float = 1e-5) -> nn.BatchNorm:
+def torch_batch_norm(
+    train: bool,
+    dtype: Any,
+    name: str,
+    epsilon: float = 1e-5,
+    activation: Callable[[Array], Array] | None = None,
+) -> nn.BatchNorm:
     """``layers.batch_norm`` (PyTorch's momentum and eps) with PyTorch's running-variance update."""
     return TorchStatsBatchNorm(
-        use_running_average=not train, momentum=0.9, epsilon=epsilon, dtype=dtype, name=name
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=epsilon,
+        dtype=dtype,
+        name=name,
+        activation=activation,
     )

@@ -99,7 +99,7 @@ class VGG(nn.Module):
                     block=b,
                     kernel_init=init,
                 )
-                x = nn.relu(batch_norm(train, self.dtype, f"{name}_bn")(x))
+                x = batch_norm(train, self.dtype, f"{name}_bn", activation=nn.relu)(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         if not imagenet:
             return classifier(x.reshape(x.shape[0], -1), self.num_classes, self.dtype)

@@ -1,14 +1,18 @@
 """Where a compiled train step spends its time on CPU: kernel time per fusion kind and op, and
-how many XLA threads are busy.
+how many kernels run at once.
 
 Why: ``model_bench`` says how fast a step is, not why. This traces a few steps of the same
 compiled step with ``jax.profiler`` (a Perfetto trace; no TensorBoard needed), matches the
 kernel events of XLA:CPU's thunk executor to the instructions of the optimised HLO, and sums
 them by fusion kind (``ynn_fusion``, ``pad_slice_fusion``, ...) and by the JAX op that made them
 (the HLO ``op_name``, block numbers folded, e.g. ``jvp(MobileNetV2)/block_N/expand/dot_general``).
-The thread profile (share of the step with 0, 1, 2, ... kernels running at once) shows work that
-runs single-threaded. ``benchmarks/RESULTS.md`` section 9 is the profile that found the depthwise
-kernel-gradient cost.
+The concurrency profile (share of the step with 0, 1, 2, ... kernels running at once) counts
+kernel events on the thread that launched them; it does NOT show how many cores a kernel uses:
+YNNPACK spreads a dot or reduction over the thread pool without trace events (section 10 of
+``benchmarks/RESULTS.md``: a step with "1 kernel running" 65% of the time ran 1.9x faster on
+2 cores than on 1). For per-op costs without that ambiguity, pin the process to one core
+(``taskset -c 0``): kernel times then add up to the step. ``benchmarks/RESULTS.md`` section 9 is
+the profile that found the depthwise kernel-gradient cost.
 
 Run:  python -m benchmarks.step_profile --preset cpu-dw --case mbv2c [--variant csr] [--top 25]
 """
@@ -73,7 +77,7 @@ def summarise(events: list[dict], names: dict[str, str], steps: int) -> dict[str
         "by_kind": by_kind,
         "by_op": by_op,
         "count_per_step": {k: v / steps for k, v in count.items()},
-        "threads_busy_share": {k: v / span for k, v in sorted(occupancy.items())},
+        "kernels_running_share": {k: v / span for k, v in sorted(occupancy.items())},
     }
 
 
@@ -96,8 +100,8 @@ def profile(case: model_bench.Case, variant: str, steps: int = 2) -> dict[str, A
 def format_report(case_id: str, variant: str, s: dict[str, Any], top: int) -> str:
     lines = [
         f"# {case_id} {variant}: kernel time {s['kernel_ms_per_step']:.0f} ms/step over a "
-        f"{s['span_ms_per_step']:.0f} ms step; threads busy: "
-        + ", ".join(f"{k}: {v:.0%}" for k, v in s["threads_busy_share"].items()),
+        f"{s['span_ms_per_step']:.0f} ms step; kernels running at once (not cores used): "
+        + ", ".join(f"{k}: {v:.0%}" for k, v in s["kernels_running_share"].items()),
         "",
         "| fusion kind | ms/step |",
         "|---|---|",

@@ -240,6 +240,6 @@ def test_step_profile_attributes_kernel_time_to_ops():
     ops = " ".join(op for _, op in summary["by_op"])
     assert "depthwise" in ops and "dot_general" in ops
     assert summary["kernel_ms_per_step"] > 0
-    assert abs(sum(summary["threads_busy_share"].values()) - 1.0) < 1e-6
+    assert abs(sum(summary["kernels_running_share"].values()) - 1.0) < 1e-6
     report = step_profile.format_report(case.id, "ordinary", summary, top=5)
     assert "| fusion kind | op | kernels/step | ms/step |" in report

@@ -154,6 +154,7 @@ def batch_norm(
     epsilon: float = 1e-5,
     zero_scale: bool = False,
     activation: Callable[[Array], Array] | None = None,
+    norm: type[nn.BatchNorm] = FusedBatchNorm,
 ) -> nn.BatchNorm:
     """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
 
@@ -163,10 +164,10 @@ def batch_norm(
 
     Statistics are always reduced in float32, also for bf16 compute. ``zero_scale`` starts the
     scale at 0 instead of 1 (for the last BN of a residual branch, so the block starts as the
-    identity).
+    identity). ``norm`` is the class built (a ``FusedBatchNorm``, or a subclass of it).
     """
     scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-    return FusedBatchNorm(
+    return norm(
         use_running_average=not train,
         momentum=0.9,
         epsilon=epsilon,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from csr_jax.models import layers
 from csr_jax.models.batch_norm import FusedBatchNorm
 
 __all__ = ["TorchStatsBatchNorm", "torch_batch_norm", "torch_default_bias_init"]
@@ -92,11 +93,6 @@ def torch_batch_norm(
     activation: Callable[[Array], Array] | None = None,
 ) -> nn.BatchNorm:
     """``layers.batch_norm`` (PyTorch's momentum and eps) with PyTorch's running-variance update."""
-    return TorchStatsBatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=epsilon,
-        dtype=dtype,
-        name=name,
-        activation=activation,
+    return layers.batch_norm(
+        train, dtype, name, epsilon, activation=activation, norm=TorchStatsBatchNorm
     )

@@ -12,8 +12,10 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
 * The input path ``a_t = U * x_t + b_U`` has no dependence between steps, so all T chunks go
   through ONE op. For 1x1 kernels (any stride) it is a plain contraction over the channels in
   their natural ``(N, H, W, T, g)`` order -- no transpose, and XLA runs a dot much faster than a
-  1x1 ``conv_general_dilated``; depthwise kernels are tiled over the T chunks (one depthwise
-  conv, natural order too); other k x k kernels fold T into the batch (time-major).
+  1x1 ``conv_general_dilated``; on CPU it is instead one dot per step on a slice of the input,
+  which saves splitting the output and joining its gradient (see :func:`_input_path`);
+  depthwise kernels are tiled over the T chunks (one depthwise conv, natural order too); other
+  k x k kernels fold T into the batch (time-major).
 * Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every listed preset) it
   is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
   fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer
@@ -577,7 +579,7 @@ class CSRConv(nn.Module):
 
 def _input_path(
     x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any
-) -> tuple[Array, int]:
+) -> tuple[Array | list[Array], int | None]:
     """``U * x_t`` for every step on the wrapped input; returns ``(a, time_axis)``.
 
     ``a`` is the list ``[a_1, ..., a_T]`` (time_axis None) for 1x1 kernels on the CPU path
@@ -601,8 +603,9 @@ def _input_path(
             x = x[:, :: strides[0], :: strides[1], :]
         w = kernel[0, 0]
         if default_impl() == "taps":
-            # CPU: one dot per step on a slice of the (smaller) input. Cutting one dot's (larger)
-            # output into steps, and joining their gradients, cost more than T smaller dots.
+            # CPU: one dot per step on a slice of the input. Splitting one dot's output into
+            # steps, and joining their gradients, cost more than T smaller dots on XLA:CPU
+            # (benchmarks/RESULTS.md section 10).
             return [
                 _matmul(x[..., t * g_in : (t + 1) * g_in], w, precision) for t in range(steps)
             ], None

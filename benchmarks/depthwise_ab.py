@@ -65,9 +65,8 @@ def _before(rev: str | None, flax_batchnorm: bool, csr_one_dot: bool = False):
         if flax_batchnorm:
             FusedBatchNorm._fusable = lambda self, x, mask: False
         if csr_one_dot:
-            csr_conv.default_impl = lambda: (
-                "xla"
-            )  # only CSRConv's own choice; not the depthwise convs'
+            # Only CSRConv's own choice; the depthwise convs keep theirs.
+            csr_conv.default_impl = lambda: "xla"
         try:
             yield
         finally:

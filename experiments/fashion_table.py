@@ -223,9 +223,9 @@ def run_record(workdir: str, summary: dict[str, Any]) -> dict[str, Any]:
     Without a run.json (a run launched by hand): the command comes from `<workdir>/command.txt`
     (its first line that is not a `#` comment; the comment lines, e.g. "resumed from the step-117
     checkpoint", become the record's `history`), else it is rebuilt from config.json (and says
-    so); the machine is this one only when the
-    summary's device kind and count match it (a run made here), else 'not recorded'; the date is
-    summary.json's modification time (when the run finished).
+    so); the machine is this one only when the summary's device kind and count match it (a run
+    made here), else 'not recorded'; the date is summary.json's modification time (when the run
+    finished).
     """
     record = _read_json(os.path.join(workdir, RUN_RECORD))
     if record is not None:

@@ -47,11 +47,12 @@ from csr_jax import depthwise
 
 Array = jax.Array
 
-__all__ = ["FusedBatchNorm", "batch_norm_train"]
+__all__ = ["FusedBatchNorm", "batch_moments", "batch_norm_train"]
 
 
-def _stats(x: Array) -> tuple[Array, Array]:
-    """Per-channel float32 mean and ``E[x^2] - E[x]^2`` (unclipped), as ``nn.BatchNorm``."""
+def batch_moments(x: Array) -> tuple[Array, Array]:
+    """Per-channel float32 mean and ``E[x^2] - E[x]^2`` over every axis but the last, computed
+    as ``nn.BatchNorm`` computes them; the second is not yet clipped at 0."""
     axes = tuple(range(x.ndim - 1))
     xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     mean = xf.mean(axes)
@@ -63,7 +64,7 @@ def _normalize(x, mean, inv, scale, bias):
 
 
 def _forward(x: Array, scale: Array, bias: Array, epsilon: float, activation):
-    mean, raw_var = _stats(x)
+    mean, raw_var = batch_moments(x)
     var = jnp.maximum(0.0, raw_var)
     inv = lax.rsqrt(var + epsilon)
     y = _normalize(x, mean, inv, scale, bias)

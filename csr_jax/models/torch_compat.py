@@ -20,7 +20,7 @@ import numpy as np
 from flax import linen as nn
 
 from csr_jax.models import layers
-from csr_jax.models.batch_norm import FusedBatchNorm
+from csr_jax.models.batch_norm import FusedBatchNorm, batch_moments
 
 __all__ = ["TorchStatsBatchNorm", "torch_batch_norm", "torch_default_bias_init"]
 
@@ -74,9 +74,7 @@ class TorchStatsBatchNorm(FusedBatchNorm):
                     f"{self.name}: the unbiased variance needs at least 2 values per "
                     f"channel, got {n} (batch x height x width)"
                 )
-            xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-            mean = jnp.mean(xf, axis=axes)
-            var = jnp.maximum(0.0, jnp.mean(xf * xf, axis=axes) - mean * mean)
+            var = jnp.maximum(0.0, batch_moments(x)[1])
             self.put_variable(
                 "batch_stats",
                 "var",

@@ -26,8 +26,11 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
   ``flax.linen.scan`` over the hidden cell, to bound compile time and program size.
 * The steps are cut from ``a`` with ONE split (its gradient is one concatenate; per-step slices
   would each turn into a zero-padded full-size gradient, all added up), and their outputs are
-  stacked directly in ``(N, H, W, T, g)`` order, which IS the concatenation over channels, so
-  no re-interleaving transpose is needed at the end.
+  joined with ONE concatenate over the channels, which is the layer's output order, so no
+  re-interleaving transpose is needed at the end. (Stacking them on a new ``(N, H, W, T, g)``
+  axis and reshaping computes the same, but XLA:CPU then fused the stack into consumers of
+  both shapes and wrote the layer's output twice: the T=3 expand layer with its BatchNorm
+  trained 10% slower, ``benchmarks/RESULTS.md`` section 11.)
 * A 1x1 hidden kernel is applied as a dot for the same reason as the input path.
 * The math is pure functions of the parameters (:func:`_forward`, :func:`_input_path`,
   :func:`_hidden_step`, :func:`_hidden_path`), shared by this linen layer and by the native NNX
@@ -349,7 +352,7 @@ def _hidden_path(
     unroll: int | None,
 ) -> Array:
     """All T steps from the input-path outputs ``a`` (T along ``time_axis``); returns
-    ``(N, H', W', T, g)`` = h_1 .. h_T stacked along axis 3.
+    ``(N, H', W', T * g)`` = h_1 .. h_T concatenated over the channels.
 
     ``unroll=None`` runs the steps as straight-line Python; an int runs ``lax.scan`` with that
     unroll factor (the NNX layer's rolled form; the linen layer's rolled form is ``nn.scan`` over
@@ -370,7 +373,7 @@ def _hidden_path(
         hs = [a_steps[0]]  # h_1 = a_1
         for a_t in a_steps[1:]:
             hs.append(step(hs[-1], a_t))
-        return jnp.stack(hs, axis=3)
+        return jnp.concatenate(hs, axis=-1)
 
     def body(h, a_t):
         h = step(h, a_t)
@@ -407,8 +410,11 @@ def _scan_inputs(a: Array | list[Array], time_axis: int | None) -> tuple[Array, 
 
 
 def _scan_outputs(first: Array, hs: Array) -> Array:
-    """``h_1`` and a loop's stacked ``(T-1, N, H', W', g)`` outputs as ``(N, H', W', T, g)``."""
-    return jnp.concatenate([first[None], hs], axis=0).transpose(1, 2, 3, 0, 4)
+    """``h_1`` and a loop's stacked ``(T-1, N, H', W', g)`` outputs as ``(N, H', W', T * g)``,
+    the steps concatenated over the channels."""
+    n, height, width, _ = first.shape
+    joined = jnp.concatenate([first[None], hs], axis=0).transpose(1, 2, 3, 0, 4)
+    return joined.reshape(n, height, width, -1)
 
 
 def _forward(
@@ -440,11 +446,8 @@ def _forward(
     if spec.steps == 1:
         return _steps_of(a, time_axis)[0][..., : spec.features]
 
-    h = hidden(a, time_axis)
-    _, h_out, w_out, _, _ = h.shape
-    # (N, H', W', T, g_out) in row-major order IS concat(h_1, ..., h_T) over channels.
-    y = h.reshape(n, h_out, w_out, spec.steps * spec.g_out)
-    return y[..., : spec.features]
+    # concat(h_1, ..., h_T) over the channels, cut to the layer's width.
+    return hidden(a, time_axis)[..., : spec.features]
 
 
 def _check_input(x: Array) -> None:

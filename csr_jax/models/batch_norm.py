@@ -10,7 +10,8 @@ float32 statistics, ``E[x^2] - E[x]^2`` clipped at 0 as Flax does, the same norm
 expression, then the activation if it is given one -- and has a ``jax.custom_vjp`` whose backward
 pass recomputes the activation's input from ``x`` (nothing but ``x`` is stored), takes the
 activation's gradient ``g``, and needs two per-channel reductions, ``sum(g)`` and
-``sum(g * (x - mean))``, and ONE elementwise pass for the input gradient::
+``sum(g * (x - mean))`` (``x - mean`` computed inside the reduction, not stored), and ONE
+elementwise pass for the input gradient::
 
     dx = a * g + c0 + c1 * (x - mean),   a = scale * rsqrt(var + eps),
     c0 = (g_mean - a * sum(g)) / n,      c1 = (2 * g_var - scale * rsqrt(var + eps)^3 * sum(g * (x - mean))) / n
@@ -103,14 +104,21 @@ def _backward(epsilon, activation, residuals, cotangents):
         # written in the forward pass, and XLA fuses the recomputation into the passes below.
         _, activation_vjp = jax.vjp(activation, _normalize(x, mean, inv, scale, bias))
         (g,) = activation_vjp(g)
-    centered = x.astype(mean.dtype) - mean
+    xf = x.astype(mean.dtype)
     sum_g = g.sum(axes)
-    sum_gc = (g * centered).sum(axes)
+    # The mean goes through an optimization barrier here, so that this x - mean is not merged
+    # with the other uses of x - mean (the forward normalisation, dx below): shared, XLA:CPU
+    # stored it as one more full-size tensor for this reduction (its reductions fuse a producer
+    # only when they are its sole consumer); unshared, it is computed inside the reduction. The
+    # value is unchanged. (The same for the activation's gradient does not pay: a select does
+    # not fuse into the reduction, and the mask written with sign/multiply/add fused but made
+    # the step 15% slower.)
+    sum_gc = (g * (xf - lax.optimization_barrier(mean))).sum(axes)
     a = inv * scale
     c0 = (g_mean - a * sum_g) / n
     # The variance is clipped at 0: no gradient flows through it where E[x^2] - E[x]^2 <= 0.
     c1 = jnp.where(raw_var > 0, (2.0 * g_var - scale * inv**3 * sum_gc) / n, 0.0)
-    dx = a * g + c0 + c1 * centered
+    dx = a * g + c0 + c1 * (xf - mean)
     return (
         dx.astype(x.dtype),
         (inv * sum_gc).astype(scale.dtype),

@@ -1,6 +1,7 @@
 """Whole-network A/B of csr_jax's CPU fast paths: the depthwise module at an earlier git revision,
-BatchNorm without its fused backward and/or CSRConv's 1x1 input path as one dot, against the
-working tree, in ONE process, timed alternately.
+BatchNorm without its fused backward (or with x - mean shared in it), CSRConv's 1x1 input path as
+one dot, its steps joined by a stack or its hidden update stored -- against the working tree, in
+ONE process, timed alternately.
 
 Why: a change to ``csr_jax/depthwise.py`` moves the train step of every network with depthwise
 convs, and CPU timings drift by 10% between runs minutes apart; only an interleaved comparison
@@ -9,10 +10,16 @@ ratio worth recording. The earlier revision's ``_taps`` (read with ``git show``)
 while the "before" step is traced; with ``--flax-batchnorm-before`` the "before" step's
 BatchNorm layers run ``nn.BatchNorm``'s autodiff instead of ``FusedBatchNorm``'s backward; with
 ``--csr-one-dot-before`` its 1x1 CSRConv layers compute the input path of all steps as one dot
-(the GPU/TPU form) instead of one dot per step. Everything else is the working tree's.
+(the GPU/TPU form) instead of one dot per step; with ``--bn-shared-center-before`` the fused
+BatchNorm backward's ``sum(g * (x - mean))`` shares ``x - mean`` with its other uses (no
+optimization barrier, so XLA:CPU stores it); with ``--csr-stack-before`` CSRConv joins its steps
+with a stack on a new axis + reshape instead of one concatenate; with
+``--csr-stored-update-before`` its hidden update is not recomputed in the backward pass (autodiff
+stores ``relu(a + r)``). Everything else is the working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
       python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-one-dot-before] [--cases ...]
+      python -m benchmarks.depthwise_ab --bn-shared-center-before --csr-stack-before --csr-stored-update-before
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ import tempfile
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from benchmarks import model_bench
 from csr_jax import csr_conv, depthwise
+from csr_jax.models import batch_norm
 from csr_jax.models.batch_norm import FusedBatchNorm
 
 
@@ -50,7 +59,26 @@ def load_module_at(rev: str, path: str = "csr_jax/depthwise.py"):
     return module
 
 
-def _before(rev: str | None, flax_batchnorm: bool, csr_one_dot: bool = False):
+def _stacked_steps(hs):
+    """The earlier join of CSRConv's steps: a stack on a new axis, then a reshape."""
+    y = jnp.stack(hs, axis=-2)
+    return y.reshape(*y.shape[:-2], -1)
+
+
+def _stored_update(a, r, alpha, beta):
+    """CSRConv's hidden update without ``jax.checkpoint``: autodiff stores ``relu(a + r)``."""
+    return alpha * jax.nn.relu(a + r) + (1 - beta) * r
+
+
+def _before(
+    rev: str | None,
+    flax_batchnorm: bool,
+    csr_one_dot: bool = False,
+    *,
+    bn_shared_center: bool = False,
+    csr_stack: bool = False,
+    csr_stored_update: bool = False,
+):
     """A context manager factory under which the 'before' step is traced."""
     old = load_module_at(rev) if rev is not None else None
 
@@ -59,7 +87,14 @@ def _before(rev: str | None, flax_batchnorm: bool, csr_one_dot: bool = False):
 
     @contextlib.contextmanager
     def before():
-        after = depthwise._taps, FusedBatchNorm._fusable, csr_conv.default_impl
+        after = (
+            depthwise._taps,
+            FusedBatchNorm._fusable,
+            csr_conv.default_impl,
+            batch_norm._unshared,
+            csr_conv._join_steps,
+            csr_conv._update,
+        )
         if old is not None:
             depthwise._taps = before_taps
         if flax_batchnorm:
@@ -67,10 +102,27 @@ def _before(rev: str | None, flax_batchnorm: bool, csr_one_dot: bool = False):
         if csr_one_dot:
             # Only CSRConv's own choice; the depthwise convs keep theirs.
             csr_conv.default_impl = lambda: "xla"
+        if bn_shared_center:
+            batch_norm._unshared = lambda v: v
+        if csr_stack:
+            csr_conv._join_steps = _stacked_steps
+        if csr_stored_update:
+            csr_conv._update = _stored_update
+        # JAX caches traces of custom_vjp backward passes by function; without clearing, a step
+        # traced after the other could reuse the other's backward (the BatchNorm toggle would).
+        jax.clear_caches()
         try:
             yield
         finally:
-            depthwise._taps, FusedBatchNorm._fusable, csr_conv.default_impl = after
+            jax.clear_caches()
+            (
+                depthwise._taps,
+                FusedBatchNorm._fusable,
+                csr_conv.default_impl,
+                batch_norm._unshared,
+                csr_conv._join_steps,
+                csr_conv._update,
+            ) = after
 
     return before
 
@@ -90,23 +142,52 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the 'before' step's 1x1 CSRConv input path is one dot over all steps",
     )
+    parser.add_argument(
+        "--bn-shared-center-before",
+        action="store_true",
+        help="the 'before' step's BatchNorm backward shares x - mean (no optimization barrier)",
+    )
+    parser.add_argument(
+        "--csr-stack-before",
+        action="store_true",
+        help="the 'before' step's CSRConv joins its steps with a stack + reshape",
+    )
+    parser.add_argument(
+        "--csr-stored-update-before",
+        action="store_true",
+        help="the 'before' step's CSRConv stores relu(a + r) instead of recomputing its update",
+    )
     parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="chained steps per timing")
     args = parser.parse_args(argv)
-    if args.before is None and not (args.flax_batchnorm_before or args.csr_one_dot_before):
+    toggles = dict(
+        bn_shared_center=args.bn_shared_center_before,
+        csr_stack=args.csr_stack_before,
+        csr_stored_update=args.csr_stored_update_before,
+    )
+    if args.before is None and not (
+        args.flax_batchnorm_before or args.csr_one_dot_before or any(toggles.values())
+    ):
         parser.error(
-            "say what the 'before' step is: --before REV, --flax-batchnorm-before and/or "
-            "--csr-one-dot-before"
+            "say what the 'before' step is: --before REV and/or one or more of "
+            "--flax-batchnorm-before, --csr-one-dot-before, --bn-shared-center-before, "
+            "--csr-stack-before, --csr-stored-update-before"
         )
-    before_step = _before(args.before, args.flax_batchnorm_before, args.csr_one_dot_before)
+    before_step = _before(
+        args.before, args.flax_batchnorm_before, args.csr_one_dot_before, **toggles
+    )
 
     print(
         f"# depthwise_ab  before: depthwise {args.before or 'tree'}, batchnorm "
-        f"{'flax' if args.flax_batchnorm_before else 'fused'}, csr 1x1 input "
-        f"{'one dot' if args.csr_one_dot_before else 'tree'}  jax {jax.__version__}  host {platform.node()}  "
+        f"{'flax' if args.flax_batchnorm_before else 'fused'}"
+        f"{' (x - mean shared)' if args.bn_shared_center_before else ''}, csr 1x1 input "
+        f"{'one dot' if args.csr_one_dot_before else 'tree'}"
+        f"{', csr steps stacked' if args.csr_stack_before else ''}"
+        f"{', csr update stored' if args.csr_stored_update_before else ''}"
+        f"  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,
     )

@@ -383,7 +383,7 @@ def _hidden_path(
         hs = [a_steps[0]]  # h_1 = a_1
         for a_t in a_steps[1:]:
             hs.append(step(hs[-1], a_t))
-        return jnp.concatenate(hs, axis=-1)
+        return _join_steps(hs)
 
     def body(h, a_t):
         h = step(h, a_t)
@@ -392,6 +392,11 @@ def _hidden_path(
     first, rest = _scan_inputs(a, time_axis)
     _, hs = jax.lax.scan(body, first, rest, unroll=unroll)
     return _scan_outputs(first, hs)
+
+
+def _join_steps(hs: list[Array]) -> Array:
+    """``concat(h_1, ..., h_T)`` over the channels: ONE concatenate (see the module docstring)."""
+    return jnp.concatenate(hs, axis=-1)
 
 
 def _steps_of(a: Array | list[Array], time_axis: int | None) -> list[Array]:

@@ -221,6 +221,41 @@ def test_depthwise_ab_csr_one_dot_before_switches_only_the_csr_input_path():
         assert dots() == per_step
 
 
+def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_values():
+    """--bn-shared-center-before, --csr-stack-before and --csr-stored-update-before each trace a
+    different program (the barrier, the join, the checkpoint) computing the same values and
+    gradients; the working tree's forms are back afterwards."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import depthwise_ab
+    from csr_jax import CSRConv, depthwise
+    from csr_jax.models.batch_norm import FusedBatchNorm
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 3, 6)), jnp.float32)
+    layer = CSRConv(6, 1, 3)
+    bn = FusedBatchNorm(use_running_average=False)
+    csr_vars, bn_vars = layer.init(jax.random.key(0), x), bn.init(jax.random.key(1), x)
+
+    def loss(p, x):
+        y = layer.apply(p["csr"], x)
+        y, _ = bn.apply(p["bn"], y, mutable=["batch_stats"])
+        return jnp.sum(jnp.sin(y))
+
+    params = {"csr": csr_vars, "bn": bn_vars}
+    grad = jax.grad(loss, (0, 1))
+    with depthwise.forced_impl("taps"):
+        want_jaxpr, want = str(jax.make_jaxpr(grad)(params, x)), grad(params, x)
+        for toggle in ("bn_shared_center", "csr_stack", "csr_stored_update"):
+            with depthwise_ab._before(None, False, **{toggle: True})():
+                got_jaxpr, got = str(jax.make_jaxpr(grad)(params, x)), grad(params, x)
+            assert got_jaxpr != want_jaxpr, toggle
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=toggle)
+        assert str(jax.make_jaxpr(grad)(params, x)) == want_jaxpr
+
+
 def test_step_profile_attributes_kernel_time_to_ops():
     """The profiler matches trace events to HLO instructions and their JAX ops: the tiny
     MobileNetV2's depthwise and 1x1 convs show up by name, and the thread shares cover the step."""

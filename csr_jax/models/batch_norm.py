@@ -92,6 +92,12 @@ def batch_norm_train(
     return _forward(x, scale, bias, epsilon, activation)[0]
 
 
+def _unshared(v: Array) -> Array:
+    """``v`` behind an optimization barrier: an expression of it is not merged with the same
+    expression of ``v`` elsewhere (``benchmarks.depthwise_ab`` swaps this for the identity)."""
+    return lax.optimization_barrier(v)
+
+
 def _backward(epsilon, activation, residuals, cotangents):
     del epsilon  # inv holds it
     x, mean, raw_var, inv, scale, bias = residuals
@@ -113,7 +119,7 @@ def _backward(epsilon, activation, residuals, cotangents):
     # value is unchanged. (The same for the activation's gradient does not pay: a select does
     # not fuse into the reduction, and the mask written with sign/multiply/add fused but made
     # the step 15% slower.)
-    sum_gc = (g * (xf - lax.optimization_barrier(mean))).sum(axes)
+    sum_gc = (g * (xf - _unshared(mean))).sum(axes)
     a = inv * scale
     c0 = (g_mean - a * sum_g) / n
     # The variance is clipped at 0: no gradient flows through it where E[x^2] - E[x]^2 <= 0.

@@ -343,9 +343,9 @@ def _hidden_step(
 def _update(a: Array, r: Array, alpha: Array, beta: Array) -> Array:
     """``alpha * relu(a + r) + (1 - beta) * r``, recomputed in the backward pass from ``a`` and
     ``r`` (both kept anyway: they are the outputs of the step's convolutions) instead of storing
-    ``relu(a + r)`` for alpha's gradient: one full-size tensor less written per step; the CSR
-    MobileNetV2-CIFAR step trained 3-5% faster on a 2-core CPU (``benchmarks/RESULTS.md``
-    section 11)."""
+    ``relu(a + r)`` for alpha's gradient: one full-size tensor less per step; the CSR
+    MobileNetV2-CIFAR train step planned 8% less memory on CPU, at the same speed
+    (``benchmarks/RESULTS.md`` section 11)."""
     return alpha * jax.nn.relu(a + r) + (1 - beta) * r
 
 

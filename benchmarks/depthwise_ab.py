@@ -85,29 +85,26 @@ def _before(
     def before_taps(x, kernel, strides, pads):
         return old._taps(x, kernel, strides, [tuple(p) for p in pads])
 
+    # (owner, attribute, the 'before' value) for every switch that is on.
+    swaps = [
+        (owner, name, value)
+        for on, owner, name, value in (
+            (old is not None, depthwise, "_taps", before_taps),
+            (flax_batchnorm, FusedBatchNorm, "_fusable", lambda self, x, mask: False),
+            # Only CSRConv's own choice; the depthwise convs keep theirs.
+            (csr_one_dot, csr_conv, "default_impl", lambda: "xla"),
+            (bn_shared_center, batch_norm, "_unshared", lambda v: v),
+            (csr_stack, csr_conv, "_join_steps", _stacked_steps),
+            (csr_stored_update, csr_conv, "_update", _stored_update),
+        )
+        if on
+    ]
+
     @contextlib.contextmanager
     def before():
-        after = (
-            depthwise._taps,
-            FusedBatchNorm._fusable,
-            csr_conv.default_impl,
-            batch_norm._unshared,
-            csr_conv._join_steps,
-            csr_conv._update,
-        )
-        if old is not None:
-            depthwise._taps = before_taps
-        if flax_batchnorm:
-            FusedBatchNorm._fusable = lambda self, x, mask: False
-        if csr_one_dot:
-            # Only CSRConv's own choice; the depthwise convs keep theirs.
-            csr_conv.default_impl = lambda: "xla"
-        if bn_shared_center:
-            batch_norm._unshared = lambda v: v
-        if csr_stack:
-            csr_conv._join_steps = _stacked_steps
-        if csr_stored_update:
-            csr_conv._update = _stored_update
+        after = [(owner, name, getattr(owner, name)) for owner, name, _ in swaps]
+        for owner, name, value in swaps:
+            setattr(owner, name, value)
         # JAX caches traces of custom_vjp backward passes by function; without clearing, a step
         # traced after the other could reuse the other's backward (the BatchNorm toggle would).
         jax.clear_caches()
@@ -115,14 +112,8 @@ def _before(
             yield
         finally:
             jax.clear_caches()
-            (
-                depthwise._taps,
-                FusedBatchNorm._fusable,
-                csr_conv.default_impl,
-                batch_norm._unshared,
-                csr_conv._join_steps,
-                csr_conv._update,
-            ) = after
+            for owner, name, value in after:
+                setattr(owner, name, value)
 
     return before
 

@@ -15,7 +15,9 @@ BatchNorm backward's ``sum(g * (x - mean))`` shares ``x - mean`` with its other 
 optimization barrier, so XLA:CPU stores it); with ``--csr-stack-before`` CSRConv joins its steps
 with a stack on a new axis + reshape instead of one concatenate; with
 ``--csr-stored-update-before`` its hidden update is not recomputed in the backward pass (autodiff
-stores ``relu(a + r)``). Everything else is the working tree's.
+stores ``relu(a + r)``); with ``--whole-batch-conv-grad-before`` its k x k convs take XLA's
+kernel gradient over the whole batch instead of summing it over chunks. Everything else is the
+working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
       python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-one-dot-before] [--cases ...]
@@ -78,6 +80,7 @@ def _before(
     bn_shared_center: bool = False,
     csr_stack: bool = False,
     csr_stored_update: bool = False,
+    whole_batch_conv_grad: bool = False,
 ):
     """A context manager factory under which the 'before' step is traced."""
     old = load_module_at(rev) if rev is not None else None
@@ -96,6 +99,7 @@ def _before(
             (bn_shared_center, batch_norm, "_unshared", lambda v: v),
             (csr_stack, csr_conv, "_join_steps", _stacked_steps),
             (csr_stored_update, csr_conv, "_update", _stored_update),
+            (whole_batch_conv_grad, depthwise, "_chunked_grad_conv", depthwise._xla_conv),
         )
         if on
     ]
@@ -148,6 +152,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the 'before' step's CSRConv stores relu(a + r) instead of recomputing its update",
     )
+    parser.add_argument(
+        "--whole-batch-conv-grad-before",
+        action="store_true",
+        help="the 'before' step's k x k convs take XLA's kernel gradient over the whole batch",
+    )
     parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
@@ -158,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         bn_shared_center=args.bn_shared_center_before,
         csr_stack=args.csr_stack_before,
         csr_stored_update=args.csr_stored_update_before,
+        whole_batch_conv_grad=args.whole_batch_conv_grad_before,
     )
     if args.before is None and not (
         args.flax_batchnorm_before or args.csr_one_dot_before or any(toggles.values())
@@ -165,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             "say what the 'before' step is: --before REV and/or one or more of "
             "--flax-batchnorm-before, --csr-one-dot-before, --bn-shared-center-before, "
-            "--csr-stack-before, --csr-stored-update-before"
+            "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before"
         )
     before_step = _before(
         args.before, args.flax_batchnorm_before, args.csr_one_dot_before, **toggles
@@ -178,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{'one dot' if args.csr_one_dot_before else 'tree'}"
         f"{', csr steps stacked' if args.csr_stack_before else ''}"
         f"{', csr update stored' if args.csr_stored_update_before else ''}"
+        f"{', k x k conv grads whole-batch' if args.whole_batch_conv_grad_before else ''}"
         f"  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
-from csr_jax.depthwise import default_impl, depthwise_conv
+from csr_jax.depthwise import default_impl, dense_conv, depthwise_conv
 
 Array = jax.Array
 Dtype = Any
@@ -63,7 +63,6 @@ Initializer = Callable[..., Array]
 
 __all__ = ["CSRConv", "csr_group_sizes", "reference_bias_init", "reference_kernel_init"]
 
-_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 #: PyTorch's default conv init (kaiming_uniform with a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 #: Flax computes fan_in of an HWIO kernel as kh*kw*in, which is also right for depthwise (in=1).
@@ -326,14 +325,8 @@ def _hidden_step(
         # Shifted taps on CPU, the XLA conv on GPU/TPU (csr_jax.depthwise).
         r = depthwise_conv(h, kernel, (1, 1), pads, precision=precision)
     else:
-        r = jax.lax.conv_general_dilated(
-            h,
-            kernel,
-            window_strides=(1, 1),
-            padding=pads,
-            dimension_numbers=_DIMENSION_NUMBERS,
-            precision=precision,
-        )
+        # XLA's conv; on CPU with its kernel gradient summed over batch chunks (csr_jax.depthwise).
+        r = dense_conv(h, kernel, (1, 1), pads, precision=precision)
     if bias is not None:
         r = r + bias
     return _update(a, r, alpha, beta)
@@ -641,12 +634,7 @@ def _input_path(
     # General k x k: fold the steps into the batch (time-major) and convolve once.
     _, height, width, _ = x.shape
     xt = jnp.transpose(x.reshape(n, height, width, steps, g_in), (3, 0, 1, 2, 4))
-    y = jax.lax.conv_general_dilated(
-        xt.reshape(steps * n, height, width, g_in),
-        kernel,
-        window_strides=strides,
-        padding=padding,
-        dimension_numbers=_DIMENSION_NUMBERS,
-        precision=precision,
+    y = dense_conv(
+        xt.reshape(steps * n, height, width, g_in), kernel, strides, padding, precision=precision
     )
     return y.reshape(steps, n, *y.shape[1:]), 0

@@ -96,9 +96,10 @@ class ConvFactory:
             use_bias=use_bias,
             strides=_pair(strides, "strides"),
         )
-        # On CPU depthwise convs run as shifted taps and 1x1 convs as a dot, on GPU/TPU as the XLA
-        # conv (chosen at trace time, csr_jax.depthwise); the parameters are nn.Conv's either way.
-        cpu_form = site.depthwise or (ks == (1, 1) and groups == 1)
+        # On CPU depthwise convs run as shifted taps, 1x1 convs as a dot and other convs with their
+        # kernel gradient summed over batch chunks; on GPU/TPU all are the XLA conv (chosen at
+        # trace time, csr_jax.depthwise); the parameters are nn.Conv's either way.
+        cpu_form = site.depthwise or groups == 1
         fast = {"conv_general_dilated": depthwise.conv_general_dilated()} if cpu_form else {}
         decision = decide(self.policy, site)
         steps = decision.steps

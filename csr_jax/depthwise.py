@@ -10,6 +10,10 @@ other candidates measured there were slower: an im2col stack contracted with the
 materialises k*k copies of the input) and, for stride 2, a phase split (space-to-depth) instead
 of strided slices. On GPU/TPU the vendor depthwise kernels are fast, so there the XLA conv stays.
 
+The other convolutions' CPU forms live here too, behind the same switch: 1x1 convs as one dot
+(:func:`pointwise_conv`), and other ordinary k x k convs as XLA's conv whose kernel gradient is
+summed over chunks of the batch (:func:`dense_conv`).
+
 The choice is made at trace time from ``jax.default_backend()`` (or forced: the ``impl``
 argument, or :func:`forced_impl` for everything traced in a block); both
 implementations take the same ``(kh, kw, 1, C)`` kernel, so parameters and checkpoints move
@@ -374,8 +378,9 @@ def _no_padding(padding: Any) -> bool:
 def conv_general_dilated(impl: str | None = None):
     """A drop-in for ``lax.conv_general_dilated`` (``nn.Conv(conv_general_dilated=...)``) that,
     on the CPU path (``impl`` ``"taps"``), sends plain 2-D NHWC depthwise convs to
-    :func:`depthwise_conv` and unpadded 1x1 convs to :func:`pointwise_conv`; everything else,
-    and everything on the ``"xla"`` path (GPU/TPU), goes to ``lax.conv_general_dilated``.
+    :func:`depthwise_conv`, unpadded 1x1 convs to :func:`pointwise_conv` and other ungrouped
+    convs to :func:`dense_conv`; everything else, and everything on the ``"xla"`` path
+    (GPU/TPU), goes to ``lax.conv_general_dilated``.
 
     A 1x1 'SAME' or 'VALID' conv never pads, at any stride. ``nn.Conv`` keeps its parameter
     tree, so a conv built with it loads the same checkpoints. ``impl`` as in

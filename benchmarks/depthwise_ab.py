@@ -67,11 +67,6 @@ def _stacked_steps(hs):
     return y.reshape(*y.shape[:-2], -1)
 
 
-def _stored_update(a, r, alpha, beta):
-    """CSRConv's hidden update without ``jax.checkpoint``: autodiff stores ``relu(a + r)``."""
-    return alpha * jax.nn.relu(a + r) + (1 - beta) * r
-
-
 def _before(
     rev: str | None,
     flax_batchnorm: bool,
@@ -98,7 +93,8 @@ def _before(
             (csr_one_dot, csr_conv, "default_impl", lambda: "xla"),
             (bn_shared_center, batch_norm, "_unshared", lambda v: v),
             (csr_stack, csr_conv, "_join_steps", _stacked_steps),
-            (csr_stored_update, csr_conv, "_update", _stored_update),
+            # The update without jax.checkpoint: autodiff stores relu(a + r).
+            (csr_stored_update, csr_conv, "_update", csr_conv._update_formula),
             (whole_batch_conv_grad, depthwise, "_chunked_grad_conv", depthwise._xla_conv),
         )
         if on

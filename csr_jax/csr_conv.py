@@ -332,14 +332,16 @@ def _hidden_step(
     return _update(a, r, alpha, beta)
 
 
-@jax.checkpoint
-def _update(a: Array, r: Array, alpha: Array, beta: Array) -> Array:
-    """``alpha * relu(a + r) + (1 - beta) * r``, recomputed in the backward pass from ``a`` and
-    ``r`` (both kept anyway: they are the outputs of the step's convolutions) instead of storing
-    ``relu(a + r)`` for alpha's gradient: one full-size tensor less per step; the CSR
-    MobileNetV2-CIFAR train step planned 8% less memory on CPU, at the same speed
-    (``benchmarks/RESULTS.md`` section 11)."""
+def _update_formula(a: Array, r: Array, alpha: Array, beta: Array) -> Array:
+    """``alpha * relu(a + r) + (1 - beta) * r``."""
     return alpha * jax.nn.relu(a + r) + (1 - beta) * r
+
+
+#: The hidden update, recomputed in the backward pass from ``a`` and ``r`` (both kept anyway: they
+#: are the outputs of the step's convolutions) instead of autodiff storing ``relu(a + r)`` for
+#: alpha's gradient: one full-size tensor less per step; the CSR MobileNetV2-CIFAR train step
+#: planned 8% less memory on CPU, at the same speed (``benchmarks/RESULTS.md`` section 11).
+_update = jax.checkpoint(_update_formula)
 
 
 def _hidden_path(
@@ -440,7 +442,7 @@ def _forward(
     runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and is the
     only part the linen and NNX layers supply differently (where the hidden parameters live)."""
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
-    n, _, _, c_in = x.shape
+    c_in = x.shape[-1]
     # Channel wrap-around: extend with copies of the input from its first channel on.
     total_in = spec.steps * spec.g_in
     if total_in > c_in:

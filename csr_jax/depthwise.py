@@ -111,6 +111,10 @@ def forced_impl(impl: str) -> Iterator[None]:
         _forced.pop()
 
 
+def _stride_pair(strides: int | Sequence[int]) -> tuple[int, int]:
+    return (strides, strides) if isinstance(strides, int) else (int(strides[0]), int(strides[1]))
+
+
 def _pads(
     padding: str | Sequence[tuple[int, int]],
     in_hw: Sequence[int],
@@ -258,7 +262,7 @@ def depthwise_conv(
       impl: ``None`` chooses at trace time by ``jax.default_backend()`` (``"taps"`` on CPU,
         ``"xla"`` on GPU/TPU) unless inside :func:`forced_impl`; ``"taps"`` or ``"xla"`` forces one.
     """
-    strides = (strides, strides) if isinstance(strides, int) else (int(strides[0]), int(strides[1]))
+    strides = _stride_pair(strides)
     if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[2] != 1 or kernel.shape[3] != x.shape[-1]:
         raise ValueError(
             f"depthwise_conv needs NHWC x and a (kh, kw, 1, C) kernel with C = x.shape[-1], got x {x.shape} "
@@ -295,7 +299,7 @@ def pointwise_conv(
     conv over the batch; the same contraction as a dot trained 1.5-8x faster at MobileNetV2's
     expand/project shapes (``benchmarks/RESULTS.md``). A strided 1x1 conv reads every s-th pixel.
     """
-    sh, sw = (strides, strides) if isinstance(strides, int) else (int(strides[0]), int(strides[1]))
+    sh, sw = _stride_pair(strides)
     if (sh, sw) != (1, 1):
         x = x[:, ::sh, ::sw, :]
     y = jnp.dot(x.reshape(-1, x.shape[-1]), kernel[0, 0], precision=precision)
@@ -361,11 +365,9 @@ def dense_conv(
     own. Chunks hold at most 8 images and 2 MiB of input. Like the depthwise CPU path, the custom
     backward has no forward-mode derivative: use ``forced_impl("xla")`` for ``jax.jvp``.
     """
-    strides = (strides, strides) if isinstance(strides, int) else (int(strides[0]), int(strides[1]))
+    strides = _stride_pair(strides)
     if _resolve(impl) == "xla":
-        return lax.conv_general_dilated(
-            x, kernel, strides, padding, dimension_numbers=_NHWC, precision=precision
-        )
+        return _xla_conv(x, kernel, strides, padding, precision)
     pads = tuple(tuple(p) for p in _pads(padding, x.shape[1:3], kernel.shape[:2], strides))
     return _chunked_grad_conv(x, kernel, strides, pads, precision)
 

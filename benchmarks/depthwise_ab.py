@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import model_bench
-from csr_jax import csr_conv, depthwise
+from csr_jax import csr_conv, depthwise, native
 from csr_jax.models import batch_norm
 from csr_jax.models.batch_norm import FusedBatchNorm
 
@@ -76,6 +76,7 @@ def _before(
     csr_stack: bool = False,
     csr_stored_update: bool = False,
     whole_batch_conv_grad: bool = False,
+    xla_depthwise: bool = False,
 ):
     """A context manager factory under which the 'before' step is traced."""
     old = load_module_at(rev) if rev is not None else None
@@ -96,6 +97,8 @@ def _before(
             # The update without jax.checkpoint: autodiff stores relu(a + r).
             (csr_stored_update, csr_conv, "_update", csr_conv._update_formula),
             (whole_batch_conv_grad, depthwise, "_chunked_grad_conv", depthwise._xla_conv),
+            # The pure-XLA CPU depthwise form (shifted taps) instead of the native kernels.
+            (xla_depthwise, native, "enabled", lambda: False),
         )
         if on
     ]
@@ -153,6 +156,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the 'before' step's k x k convs take XLA's kernel gradient over the whole batch",
     )
+    parser.add_argument(
+        "--xla-depthwise-before",
+        action="store_true",
+        help="the 'before' step's depthwise convs are the pure-XLA taps, not the native kernels",
+    )
     parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
@@ -164,6 +172,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         csr_stack=args.csr_stack_before,
         csr_stored_update=args.csr_stored_update_before,
         whole_batch_conv_grad=args.whole_batch_conv_grad_before,
+        xla_depthwise=args.xla_depthwise_before,
     )
     if args.before is None and not (
         args.flax_batchnorm_before or args.csr_one_dot_before or any(toggles.values())
@@ -171,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(
             "say what the 'before' step is: --before REV and/or one or more of "
             "--flax-batchnorm-before, --csr-one-dot-before, --bn-shared-center-before, "
-            "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before"
+            "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before, "
+            "--xla-depthwise-before"
         )
     before_step = _before(
         args.before, args.flax_batchnorm_before, args.csr_one_dot_before, **toggles
@@ -185,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{', csr steps stacked' if args.csr_stack_before else ''}"
         f"{', csr update stored' if args.csr_stored_update_before else ''}"
         f"{', k x k conv grads whole-batch' if args.whole_batch_conv_grad_before else ''}"
+        f"{', depthwise pure-XLA taps' if args.xla_depthwise_before else ''}"
         f"  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,

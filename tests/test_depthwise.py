@@ -1,5 +1,6 @@
-"""The CPU depthwise path (shifted taps) computes the XLA depthwise conv: values, gradients, dtypes,
-and the backend choice; the networks keep their parameter tree and function."""
+"""The CPU depthwise path computes the XLA depthwise conv -- in both of its forms, the native
+kernels (float32) and the pure-XLA shifted taps: values, gradients, dtypes, and the backend
+choice; the networks keep their parameter tree and function."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from csr_jax import CSRConv, depthwise, models
+from csr_jax import CSRConv, depthwise, models, native
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -35,6 +36,25 @@ def _inputs(shape, k, dtype, seed=0):
     return x, kernel
 
 
+@pytest.fixture(params=["native", "xla_taps"])
+def cpu_form(request):
+    """Runs a test once with the native CPU kernels and once with the pure-XLA taps; yields a
+    checker that the form really ran (the native kernels are an FFI call in the jaxpr)."""
+    form = request.param
+    if form == "native":
+        assert native.available(), f"native kernels failed to build: {native.build_error()}"
+
+    def check(fn, *args):
+        ran_native = "csr_jax_depthwise_forward" in str(jax.make_jaxpr(fn)(*args))
+        assert ran_native == (form == "native"), form
+
+    if form == "native":
+        yield check
+    else:
+        with native.disabled():
+            yield check
+
+
 # "wide" pads more than k - 1 on some sides: the input gradient then crops (negative padding).
 PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1)), ((6, 1), (0, 5))]
 
@@ -42,7 +62,7 @@ PADDINGS = ["SAME", "VALID", ((1, 1), (1, 1)), ((2, 0), (0, 1)), ((6, 1), (0, 5)
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", PADDINGS, ids=["same", "valid", "sym1", "asym", "wide"])
-def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
+def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding, cpu_form):
     x, kernel = _inputs((2, 9, 8, 5), k, jnp.float32)
     cot = jnp.asarray(
         np.random.default_rng(1).standard_normal(_xla(x, kernel, (stride, stride), padding).shape),
@@ -54,6 +74,7 @@ def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
 
     taps = lambda x, w: depthwise.depthwise_conv(x, w, stride, padding, impl="taps")
     xla = lambda x, w: _xla(x, w, (stride, stride), padding)
+    cpu_form(taps, x, kernel)
     np.testing.assert_allclose(taps(x, kernel), xla(x, kernel), rtol=1e-5, atol=1e-5)
     g_taps = jax.grad(loss(taps), argnums=(0, 1))(x, kernel)
     g_xla = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
@@ -63,13 +84,14 @@ def test_taps_equal_xla_values_and_gradients_f32(k, stride, padding):
 
 @pytest.mark.parametrize("k", [3, 5])
 @pytest.mark.parametrize("padding", ["SAME", ((2, 1), (0, 3))], ids=["same", "asym"])
-def test_taps_gradients_on_large_maps_equal_xla(k, padding):
+def test_taps_gradients_on_large_maps_equal_xla(k, padding, cpu_form):
     """Maps large enough that the kernel gradient takes its padded-cotangent form (the small
     maps above take the sliced-input form)."""
     x, kernel = _inputs((2, 40, 36, 3), k, jnp.float32)
     xla = lambda x, w: _xla(x, w, (1, 1), padding)
     cot = jnp.asarray(np.random.default_rng(1).standard_normal(xla(x, kernel).shape), jnp.float32)
     taps = lambda x, w: depthwise.depthwise_conv(x, w, 1, padding, impl="taps")
+    cpu_form(taps, x, kernel)
     loss = lambda f: lambda x, w: jnp.sum(f(x, w) * cot)
     for a, b in zip(
         jax.grad(loss(taps), argnums=(0, 1))(x, kernel),
@@ -79,12 +101,13 @@ def test_taps_gradients_on_large_maps_equal_xla(k, padding):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_taps_second_order_gradients_equal_xla(stride):
+def test_taps_second_order_gradients_equal_xla(stride, cpu_form):
     """The taps path's hand-written backward is itself differentiated correctly (reverse over
     reverse, as in gradient penalties), and forward mode is refused with JAX's own error."""
     x, kernel = _inputs((2, 7, 6, 3), 3, jnp.float32)
     taps = lambda x, w: depthwise.depthwise_conv(x, w, stride, "SAME", impl="taps")
     xla = lambda x, w: _xla(x, w, (stride, stride), "SAME")
+    cpu_form(taps, x, kernel)
 
     def penalty(f):
         inner = jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))

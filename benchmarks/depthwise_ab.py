@@ -16,12 +16,15 @@ optimization barrier, so XLA:CPU stores it); with ``--csr-stack-before`` CSRConv
 with a stack on a new axis + reshape instead of one concatenate; with
 ``--csr-stored-update-before`` its hidden update is not recomputed in the backward pass (autodiff
 stores ``relu(a + r)``); with ``--whole-batch-conv-grad-before`` its k x k convs take XLA's
-kernel gradient over the whole batch instead of summing it over chunks. Everything else is the
-working tree's.
+kernel gradient over the whole batch instead of summing it over chunks; with
+``--xla-depthwise-before`` / ``--xla-batch-norm-before`` its depthwise convs / fused BatchNorm
+layers run the pure-XLA CPU form instead of the native kernels (``csr_jax.native``). Everything
+else is the working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
       python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-one-dot-before] [--cases ...]
       python -m benchmarks.depthwise_ab --bn-shared-center-before --csr-stack-before --csr-stored-update-before
+      python -m benchmarks.depthwise_ab --xla-depthwise-before --xla-batch-norm-before --cases mbv2c
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import model_bench
-from csr_jax import csr_conv, depthwise, native
+from csr_jax import csr_conv, depthwise
 from csr_jax.models import batch_norm
 from csr_jax.models.batch_norm import FusedBatchNorm
 
@@ -77,6 +80,7 @@ def _before(
     csr_stored_update: bool = False,
     whole_batch_conv_grad: bool = False,
     xla_depthwise: bool = False,
+    xla_batch_norm: bool = False,
 ):
     """A context manager factory under which the 'before' step is traced."""
     old = load_module_at(rev) if rev is not None else None
@@ -98,7 +102,9 @@ def _before(
             (csr_stored_update, csr_conv, "_update", csr_conv._update_formula),
             (whole_batch_conv_grad, depthwise, "_chunked_grad_conv", depthwise._xla_conv),
             # The pure-XLA CPU depthwise form (shifted taps) instead of the native kernels.
-            (xla_depthwise, native, "enabled", lambda: False),
+            (xla_depthwise, depthwise, "_native_fits", lambda *args: False),
+            # The XLA fused BatchNorm instead of the native kernels.
+            (xla_batch_norm, batch_norm, "_native_fits", lambda *args: False),
         )
         if on
     ]
@@ -161,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the 'before' step's depthwise convs are the pure-XLA taps, not the native kernels",
     )
+    parser.add_argument(
+        "--xla-batch-norm-before",
+        action="store_true",
+        help="the 'before' step's fused BatchNorm is the XLA form, not the native kernels",
+    )
     parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
@@ -173,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         csr_stored_update=args.csr_stored_update_before,
         whole_batch_conv_grad=args.whole_batch_conv_grad_before,
         xla_depthwise=args.xla_depthwise_before,
+        xla_batch_norm=args.xla_batch_norm_before,
     )
     if args.before is None and not (
         args.flax_batchnorm_before or args.csr_one_dot_before or any(toggles.values())
@@ -181,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "say what the 'before' step is: --before REV and/or one or more of "
             "--flax-batchnorm-before, --csr-one-dot-before, --bn-shared-center-before, "
             "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before, "
-            "--xla-depthwise-before"
+            "--xla-depthwise-before, --xla-batch-norm-before"
         )
     before_step = _before(
         args.before, args.flax_batchnorm_before, args.csr_one_dot_before, **toggles
@@ -196,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{', csr update stored' if args.csr_stored_update_before else ''}"
         f"{', k x k conv grads whole-batch' if args.whole_batch_conv_grad_before else ''}"
         f"{', depthwise pure-XLA taps' if args.xla_depthwise_before else ''}"
+        f"{', batchnorm XLA (not native)' if args.xla_batch_norm_before else ''}"
         f"  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,

@@ -230,7 +230,7 @@ def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_v
     import numpy as np
 
     from benchmarks import depthwise_ab
-    from csr_jax import CSRConv, depthwise
+    from csr_jax import CSRConv, depthwise, native
     from csr_jax.models.batch_norm import FusedBatchNorm
 
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 3, 3, 6)), jnp.float32)
@@ -245,7 +245,8 @@ def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_v
 
     params = {"csr": csr_vars, "bn": bn_vars}
     grad = jax.grad(loss, (0, 1))
-    with depthwise.forced_impl("taps"):
+    # The toggles change the XLA forms (the BatchNorm barrier is in its XLA backward).
+    with depthwise.forced_impl("taps"), native.disabled():
         want_jaxpr, want = str(jax.make_jaxpr(grad)(params, x)), grad(params, x)
         for toggle in ("bn_shared_center", "csr_stack", "csr_stored_update"):
             with depthwise_ab._before(None, False, **{toggle: True})():
@@ -254,6 +255,46 @@ def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_v
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=toggle)
         assert str(jax.make_jaxpr(grad)(params, x)) == want_jaxpr
+
+
+def test_depthwise_ab_native_toggles_swap_the_kernels_for_the_xla_forms():
+    """--xla-depthwise-before / --xla-batch-norm-before trace the step without the native
+    depthwise / BatchNorm kernels (and only those), with the same values and gradients."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import linen as nn
+
+    from benchmarks import depthwise_ab
+    from csr_jax import depthwise
+    from csr_jax.models.batch_norm import FusedBatchNorm
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 5, 5, 4)), jnp.float32)
+    bn = FusedBatchNorm(use_running_average=False, activation=nn.relu6)
+    kernel = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 1, 4)), jnp.float32)
+    bn_vars = bn.init(jax.random.key(1), x)
+
+    def loss(k, p, x):
+        y = depthwise.depthwise_conv(x, k, 1, "SAME")
+        return jnp.sum(jnp.sin(bn.apply(p, y, mutable=["batch_stats"])[0]))
+
+    def run():
+        grad = jax.grad(loss, (0, 1, 2))
+        return str(jax.make_jaxpr(grad)(kernel, bn_vars, x)), grad(kernel, bn_vars, x)
+
+    with depthwise.forced_impl("taps"):
+        want_jaxpr, want = run()
+        assert "csr_jax_depthwise" in want_jaxpr and "csr_jax_batch_norm" in want_jaxpr
+        for toggle, gone, kept in (
+            ("xla_depthwise", "csr_jax_depthwise", "csr_jax_batch_norm"),
+            ("xla_batch_norm", "csr_jax_batch_norm", "csr_jax_depthwise"),
+        ):
+            with depthwise_ab._before(None, False, **{toggle: True})():
+                got_jaxpr, got = run()
+            assert gone not in got_jaxpr and kept in got_jaxpr, toggle
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, err_msg=toggle)
+        assert run()[0] == want_jaxpr
 
 
 def test_step_profile_attributes_kernel_time_to_ops():

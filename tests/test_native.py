@@ -1,6 +1,7 @@
-"""The native CPU depthwise kernels (csr_jax.native): the three ops equal XLA's depthwise conv and
-its gradients, they are what the CPU path runs, and the build is cached, switchable and falls back
-to the pure-XLA form with a warning when it cannot be built."""
+"""The native CPU kernels (csr_jax.native): the three depthwise ops equal XLA's depthwise conv and
+its gradients, the BatchNorm kernels equal the XLA form of the fused BatchNorm (values, first and
+second derivatives), they are what the CPU path runs, and the build is cached, switchable and
+falls back to the pure-XLA form with a warning when it cannot be built."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from jax import lax
 
 from csr_jax import depthwise, native
+from csr_jax.models import batch_norm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,6 +93,65 @@ def test_the_cpu_path_runs_them_and_vmap_works():
         )
 
 
+def _bn_inputs(shape, constant_channel):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape) * 2.0 + 0.5
+    if constant_channel:
+        x[..., 0] = 3.0  # variance 0: E[x^2] - E[x]^2 may round below 0 (the clipped branch)
+    c = shape[-1]
+    params = [jnp.asarray(rng.standard_normal(c), jnp.float32) for _ in range(2)]
+    cotangents = [jnp.asarray(rng.standard_normal(s), jnp.float32) for s in (shape, (c,), (c,))]
+    return jnp.asarray(x, jnp.float32), params, cotangents
+
+
+@pytest.mark.parametrize(
+    "activation", [None, jax.nn.relu, jax.nn.relu6], ids=["none", "relu", "relu6"]
+)
+@pytest.mark.parametrize(
+    "shape, constant_channel",
+    [((2, 5, 7, 13), False), ((3, 1, 1, 4), True), ((4, 6, 6, 40), True)],
+    ids=["odd-channels", "three-rows", "wide"],
+)
+def test_batch_norm_kernels_equal_the_xla_form(activation, shape, constant_channel):
+    """batch_norm_train with the native kernels = its XLA form: outputs, the VJP for cotangents
+    of y AND of the batch statistics, and the gradient of a gradient; bitwise repeatable."""
+    x, (scale, bias), (g_y, g_mean, g_var) = _bn_inputs(shape, constant_channel)
+
+    def forms():
+        f = lambda x, s, b: batch_norm.batch_norm_train(x, s, b, 1e-3, activation)
+        loss = lambda x, s, b: sum(jnp.vdot(o, g) for o, g in zip(f(x, s, b), (g_y, g_mean, g_var)))
+        grad = jax.grad(loss, argnums=(0, 1, 2))
+        second = jax.grad(lambda x, s, b: sum(jnp.sum(t**2) for t in grad(x, s, b)), (0, 1, 2))
+        jaxpr = str(jax.make_jaxpr(grad)(x, scale, bias))
+        return f(x, scale, bias), grad(x, scale, bias), second(x, scale, bias), jaxpr
+
+    got, got_grad, got_second, jaxpr = forms()
+    assert "csr_jax_batch_norm_forward" in jaxpr and "csr_jax_batch_norm_backward" in jaxpr
+    with native.disabled():
+        want, want_grad, want_second, xla_jaxpr = forms()
+    assert "csr_jax_batch_norm" not in xla_jaxpr
+    for a, b in zip(jax.tree.leaves((got, got_grad)), jax.tree.leaves((want, want_grad))):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.abs(b).max()) + 1e-6)
+    # A constant channel's second derivative jumps at variance 0 (the clip), where the float64
+    # statistics of the kernels and XLA's float32 ones may land on different sides: not compared.
+    cut = (lambda t: t[..., 1:]) if constant_channel else (lambda t: t)
+    for a, b in zip(map(cut, got_second), map(cut, want_second)):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()) + 1e-6)
+    again = forms()[1]
+    assert all(np.array_equal(a, b) for a, b in zip(got_grad, again))
+
+
+def test_batch_norm_kernels_take_only_what_they_cover():
+    """float32 with None/ReLU/ReLU6 runs native; bf16 input, SiLU and several devices do not."""
+    x, (scale, bias), _ = _bn_inputs((2, 4, 4, 8), False)
+    trace = lambda x, act=jax.nn.relu6: str(
+        jax.make_jaxpr(lambda x: batch_norm.batch_norm_train(x, scale, bias, 1e-5, act))(x)
+    )
+    assert "csr_jax_batch_norm_forward" in trace(x)
+    assert "csr_jax_batch_norm" not in trace(x.astype(jnp.bfloat16))
+    assert "csr_jax_batch_norm" not in trace(x, jax.nn.silu)
+
+
 def _run(code: str, **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "PYTHONPATH": str(REPO), **env}
     return subprocess.run(
@@ -109,13 +170,18 @@ _PROBE = """
     import jax, jax.numpy as jnp, numpy as np
     from jax import lax
     from csr_jax import depthwise, native
+    from csr_jax.models import batch_norm
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 4))
     w = jax.random.normal(jax.random.key(1), (3, 3, 1, 4))
     conv = lambda x, w: depthwise.depthwise_conv(x, w, 1, "SAME", impl="taps")
     ref = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                    feature_group_count=4)
     np.testing.assert_allclose(conv(x, w), ref, rtol=1e-5, atol=1e-5)
-    print("native-used", "csr_jax_depthwise_forward" in str(jax.make_jaxpr(conv)(x, w)))
+    bn = lambda x: batch_norm.batch_norm_train(x, jnp.ones(4), jnp.zeros(4), 1e-5, jax.nn.relu6)
+    traced = str(jax.make_jaxpr(conv)(x, w)) + str(jax.make_jaxpr(bn)(x))
+    used = ["csr_jax_depthwise_forward" in traced, "csr_jax_batch_norm_forward" in traced]
+    assert used[0] == used[1], used
+    print("native-used", used[0])
 """
 
 
@@ -126,7 +192,7 @@ def test_build_is_cached_switchable_and_falls_back(tmp_path):
     first = _run(_PROBE, CSR_JAX_CACHE_DIR=str(cache))
     assert first.returncode == 0, first.stderr
     assert "native-used True" in first.stdout
-    (library,) = cache.glob("depthwise_cpu-*.so")
+    (library,) = cache.glob("cpu_kernels-*.so")
     stamp = library.stat().st_mtime_ns
     second = _run(_PROBE, CSR_JAX_CACHE_DIR=str(cache))
     assert "native-used True" in second.stdout, second.stderr

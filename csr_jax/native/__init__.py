@@ -1,11 +1,14 @@
-"""Native CPU kernels: the depthwise convolution's forward, input gradient and kernel gradient in
-C++ (``depthwise_cpu.cc``), called from jitted code as XLA FFI custom calls.
+"""Native CPU kernels in C++ (``cpu_kernels.cc``), called from jitted code as XLA FFI custom calls:
+the depthwise convolution's forward, input gradient and kernel gradient, and BatchNorm in
+training mode with its ReLU / ReLU6 (forward and backward pass).
 
 Why: XLA:CPU has no fast depthwise convolution. csr_jax's pure-XLA CPU form (shifted taps,
 :mod:`csr_jax.depthwise`) made it usable, but its kernel gradient is k*k reductions that each read
 the whole input and cotangent, and its forward reads a padded copy of the input that XLA writes
 first; in the MobileNetV2-CIFAR train step those were a third of the time
 (``benchmarks/RESULTS.md`` section 13). Here each of the three is one pass over its operands.
+BatchNorm + activation, as XLA fusions, was most of the rest of the elementwise time; here its
+forward is two passes (statistics, then normalise + activate) and its backward two more.
 
 How it gets built: on first use, with the machine's C++ compiler (``$CXX``, else ``g++``,
 ``c++`` or ``clang++``), ``-O3 -march=native``, against the FFI headers that jaxlib ships
@@ -50,7 +53,10 @@ import numpy as np
 Array = jax.Array
 
 __all__ = [
+    "ACTIVATIONS",
     "available",
+    "batch_norm_backward",
+    "batch_norm_forward",
     "build_error",
     "depthwise_forward",
     "depthwise_input_grad",
@@ -59,13 +65,15 @@ __all__ = [
     "enabled",
 ]
 
-SOURCE = Path(__file__).with_name("depthwise_cpu.cc")
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 
 #: FFI target name -> the handler symbol in the library.
 _TARGETS = {
     "csr_jax_depthwise_forward": "CsrDepthwiseForward",
     "csr_jax_depthwise_input_grad": "CsrDepthwiseInputGrad",
     "csr_jax_depthwise_kernel_grad": "CsrDepthwiseKernelGrad",
+    "csr_jax_batch_norm_forward": "CsrBatchNormForward",
+    "csr_jax_batch_norm_backward": "CsrBatchNormBackward",
 }
 
 _lock = threading.Lock()
@@ -116,7 +124,7 @@ def _build(compiler: str) -> Path:
             for s in (SOURCE.read_text(), jaxlib.__version__, compiler, version, _cpu_flags())
         )
     ).hexdigest()[:16]
-    target = _cache_dir() / f"depthwise_cpu-{platform.machine()}-{key}.so"
+    target = _cache_dir() / f"cpu_kernels-{platform.machine()}-{key}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,8 +177,9 @@ def _load() -> ctypes.CDLL | None:
                 _error = f"{type(error).__name__}: {error}"
         if _error is not None:
             warnings.warn(
-                "csr_jax: the native CPU depthwise kernels could not be built, so depthwise convs "
-                f"on the CPU run the slower pure-XLA form (same results). Cause: {_error}. "
+                "csr_jax: the native CPU kernels could not be built, so depthwise convs and "
+                "BatchNorm on the CPU run the slower pure-XLA form (same results). "
+                f"Cause: {_error}. "
                 "Install a C++ compiler (e.g. g++) to get them, or set CSR_JAX_NATIVE=0 to "
                 "silence this.",
                 RuntimeWarning,
@@ -190,13 +199,17 @@ def build_error() -> str | None:
 
 
 def enabled() -> bool:
-    """Whether depthwise convs traced now use the native kernels (not switched off, and built)."""
-    return _env_enabled() and _disabled_depth == 0 and available()
+    """Whether depthwise convs and BatchNorm traced now use the native kernels (not switched off,
+    and built)."""
+    return (
+        _env_enabled() and _disabled_depth == 0 and jax.default_backend() == "cpu" and available()
+    )
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Depthwise convs TRACED inside the block use the pure-XLA CPU form, not the native kernels."""
+    """Depthwise convs and BatchNorm TRACED inside the block use the pure-XLA CPU form, not the
+    native kernels."""
     global _disabled_depth
     _disabled_depth += 1
     try:
@@ -307,3 +320,64 @@ def depthwise_kernel_grad(
     """The transpose of :func:`depthwise_forward` in the kernel: the kernel gradient for input ``x``
     and cotangent ``g``, summed over batch and space in float32."""
     return _kernel_grad(x, g, tuple(strides), tuple(pads_low), tuple(kernel_shape))
+
+
+#: The activations the native BatchNorm applies after normalising (others stay in XLA), by the
+#: code the kernel takes: none, ``jax.nn.relu`` (gradient where z > 0), ``jax.nn.relu6``
+#: (gradient where 0 < z < 6), the same gradients as JAX's own.
+ACTIVATIONS = {None: 0, jax.nn.relu: 1, jax.nn.relu6: 2}
+
+
+def batch_norm_forward(
+    x: Array, scale: Array, bias: Array, epsilon: float, activation_code: int
+) -> tuple[Array, Array, Array]:
+    """``(y, mean, raw_var)`` for float32 ``x`` of shape (M, C): the per-channel batch mean and
+    ``E[x^2] - E[x]^2`` (summed in float64, not clipped), and
+    ``y = act((x - mean) * scale * rsqrt(max(raw_var, 0) + epsilon) + bias)`` with the activation
+    of :data:`ACTIVATIONS` code ``activation_code``. Not differentiable by itself
+    (``csr_jax.models.batch_norm`` gives it a custom VJP)."""
+    m, c = x.shape
+    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    call = jax.ffi.ffi_call(
+        "csr_jax_batch_norm_forward",
+        (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec),
+        vmap_method="sequential",
+    )
+    return call(x, scale, bias, eps=np.float32(epsilon), act=np.int64(activation_code))
+
+
+def batch_norm_backward(
+    x: Array,
+    g_y: Array,
+    mean: Array,
+    raw_var: Array,
+    scale: Array,
+    bias: Array,
+    g_mean: Array,
+    g_var: Array,
+    epsilon: float,
+    activation_code: int,
+) -> tuple[Array, Array, Array]:
+    """``(dx, sum_g, sum_gc)``: the input gradient of :func:`batch_norm_forward` for the
+    cotangents ``g_y`` (of y), ``g_mean`` and ``g_var`` (of the statistics), and the two
+    per-channel sums the parameter gradients are made of, ``sum_g = sum(g)`` and
+    ``sum_gc = sum(g * (x - mean))``, where ``g`` is ``g_y`` through the activation's gradient."""
+    m, c = x.shape
+    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    call = jax.ffi.ffi_call(
+        "csr_jax_batch_norm_backward",
+        (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec),
+        vmap_method="sequential",
+    )
+    return call(
+        x,
+        g_y,
+        mean,
+        raw_var,
+        scale,
+        bias,
+        g_mean,
+        g_var,
+        eps=np.float32(epsilon),
+        act=np.int64(activation_code),
+    )

@@ -177,8 +177,24 @@ def _xla_outputs(epsilon, activation, x, scale, bias):
     return y, mean, raw_var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _native_outputs(epsilon, activation, x, scale, bias):
+def _with_xla_vjp(native_fn, xla_fn):
+    """``native_fn(epsilon, activation, *arrays)`` as a ``custom_vjp`` whose VJP is that of
+    ``xla_fn``, the XLA expression it computes: reached only when differentiating a gradient (the
+    first derivative of the layer is :func:`_native_backward` itself)."""
+    f = jax.custom_vjp(native_fn, nondiff_argnums=(0, 1))
+
+    def fwd(epsilon, activation, *args):
+        return f(epsilon, activation, *args), args
+
+    def bwd(epsilon, activation, args, cotangent):
+        _, vjp = jax.vjp(functools.partial(xla_fn, epsilon, activation), *args)
+        return vjp(cotangent)
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def _native_outputs_call(epsilon, activation, x, scale, bias):
     c = x.shape[-1]
     y, mean, raw_var = native.batch_norm_forward(
         x.reshape(-1, c), scale, bias, epsilon, _code(activation)
@@ -186,17 +202,7 @@ def _native_outputs(epsilon, activation, x, scale, bias):
     return y.reshape(x.shape), mean, raw_var
 
 
-def _native_outputs_fwd(epsilon, activation, *args):
-    return _native_outputs(epsilon, activation, *args), args
-
-
-def _native_outputs_bwd(epsilon, activation, args, cotangent):
-    # Reached only when differentiating a gradient (the first derivative is _native_backward).
-    _, vjp = jax.vjp(functools.partial(_xla_outputs, epsilon, activation), *args)
-    return vjp(cotangent)
-
-
-_native_outputs.defvjp(_native_outputs_fwd, _native_outputs_bwd)
+_native_outputs = _with_xla_vjp(_native_outputs_call, _xla_outputs)
 
 
 def _native_forward(x, scale, bias, epsilon, activation):
@@ -223,8 +229,7 @@ def _xla_backward_of(epsilon, activation, x, mean, raw_var, scale, bias, g_y, g_
     return _backward(epsilon, activation, residuals, (g_y, g_mean, g_var))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _native_backward(epsilon, activation, x, mean, raw_var, scale, bias, g_y, g_mean, g_var):
+def _native_backward_call(epsilon, activation, x, mean, raw_var, scale, bias, g_y, g_mean, g_var):
     c = x.shape[-1]
     dx, sum_g, sum_gc = native.batch_norm_backward(
         x.reshape(-1, c),
@@ -242,16 +247,7 @@ def _native_backward(epsilon, activation, x, mean, raw_var, scale, bias, g_y, g_
     return dx.reshape(x.shape), inv * sum_gc, sum_g
 
 
-def _native_backward_fwd(epsilon, activation, *args):
-    return _native_backward(epsilon, activation, *args), args
-
-
-def _native_backward_bwd(epsilon, activation, args, cotangent):
-    _, vjp = jax.vjp(functools.partial(_xla_backward_of, epsilon, activation), *args)
-    return vjp(cotangent)
-
-
-_native_backward.defvjp(_native_backward_fwd, _native_backward_bwd)
+_native_backward = _with_xla_vjp(_native_backward_call, _xla_backward_of)
 
 
 class FusedBatchNorm(nn.BatchNorm):

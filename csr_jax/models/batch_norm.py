@@ -32,13 +32,14 @@ variance, ``force_float32_reductions=False``) also run ``nn.BatchNorm`` unchange
 low-precision ``dtype`` the fused form applies the activation before the cast to ``dtype``,
 ``nn.BatchNorm`` + activation after it: the same up to that rounding.
 
-In a single-device process with float32 operands and no activation, ReLU or ReLU6, the forward
+In a single-device process with float32 operands and a ReLU or ReLU6 activation, the forward
 and backward passes are native C++ kernels (:mod:`csr_jax.native`: two passes over ``x`` each,
 statistics summed in float64 over a fixed split, so bitwise repeatable), 1.6x faster than the XLA
 fusions for a (32, 32, 32, 192) ReLU6 layer on one core and 1.08x on the MobileNetV2-CIFAR step
 (``benchmarks/RESULTS.md`` section 13). Both native calls carry the VJP of the XLA expression they
 replace, so gradients of gradients are those of the XLA form. Other cases (SiLU, bf16, several
-devices, ``native.disabled()``, no compiler) run the XLA form above.
+devices, ``native.disabled()``, no compiler) and BatchNorm without activation (usually followed
+by a residual add that XLA fuses the normalisation into) run the XLA form above.
 """
 
 from __future__ import annotations

@@ -322,10 +322,13 @@ def depthwise_kernel_grad(
     return _kernel_grad(x, g, tuple(strides), tuple(pads_low), tuple(kernel_shape))
 
 
-#: The activations the native BatchNorm applies after normalising (others stay in XLA), by the
-#: code the kernel takes: none, ``jax.nn.relu`` (gradient where z > 0), ``jax.nn.relu6``
-#: (gradient where 0 < z < 6), the same gradients as JAX's own.
-ACTIVATIONS = {None: 0, jax.nn.relu: 1, jax.nn.relu6: 2}
+#: The activations the native BatchNorm applies after normalising, by the code the kernel takes:
+#: ``jax.nn.relu`` (gradient where z > 0) and ``jax.nn.relu6`` (gradient where 0 < z < 6), the
+#: same gradients as JAX's own. The kernel also has code 0 (no activation), which csr_jax does not
+#: use: a BatchNorm without activation is followed by a residual add that XLA fuses its
+#: normalisation into, and a custom call's separate output made ResNet-56's train step plan 25%
+#: more memory at the same speed (``benchmarks/RESULTS.md`` section 13).
+ACTIVATIONS = {jax.nn.relu: 1, jax.nn.relu6: 2}
 
 
 def batch_norm_forward(

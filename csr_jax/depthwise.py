@@ -300,15 +300,11 @@ def depthwise_conv(
 
 def _native_fits(x: Array, kernel: Array, pads) -> bool:
     """Whether the native CPU kernels (:mod:`csr_jax.native`) take this conv: float32, a window
-    that fits, no cropping at the low edges, one device, and the kernels on and built.
-
-    One device only: XLA's SPMD partitioner cannot split a custom call, so with the batch sharded
-    over several CPU devices it would gather the whole batch to every device; the pure-XLA form
-    partitions like any other op."""
+    that fits, no cropping at the low edges, and the kernels usable here (``native.enabled``: on,
+    built, one CPU device)."""
     out_hw = _out_hw(x.shape[1:3], kernel.shape[:2], (1, 1), pads)
     return (
-        jax.device_count() == 1
-        and x.dtype == jnp.float32
+        x.dtype == jnp.float32
         and kernel.dtype == jnp.float32
         and min(out_hw) >= 1
         and pads[0][0] >= 0

@@ -69,6 +69,11 @@ def batch_moments(x: Array) -> tuple[Array, Array]:
     return mean, (xf * xf).mean(axes) - mean * mean
 
 
+def _inverse_std(raw_var: Array, epsilon: float) -> Array:
+    """``rsqrt(max(raw_var, 0) + epsilon)``: the variance clipped at 0 as Flax does it."""
+    return lax.rsqrt(jnp.maximum(0.0, raw_var) + epsilon)
+
+
 def _normalize(x, mean, inv, scale, bias):
     return (x - mean) * (inv * scale) + bias
 
@@ -156,11 +161,10 @@ _xla_train.defvjp(_forward, _backward)
 
 
 def _native_fits(x: Array, scale: Array, bias: Array, activation) -> bool:
-    """Whether the native kernels take this call: float32 operands, an activation they know, one
-    device (XLA cannot partition a custom call; see ``depthwise._native_fits``), kernels on."""
+    """Whether the native kernels take this call: float32 operands, an activation they know, and
+    the kernels usable here (``native.enabled``: on, built, one CPU device)."""
     return (
-        jax.device_count() == 1
-        and x.ndim >= 2
+        x.ndim >= 2
         and x.size > 0
         and all(v.dtype == jnp.float32 for v in (x, scale, bias))
         and any(activation is a for a in native.ACTIVATIONS)
@@ -225,7 +229,7 @@ _native_train.defvjp(_native_forward, _native_train_bwd)
 
 def _xla_backward_of(epsilon, activation, x, mean, raw_var, scale, bias, g_y, g_mean, g_var):
     """:func:`_backward` as a function of its inputs (the VJP of the native backward)."""
-    inv = lax.rsqrt(jnp.maximum(0.0, raw_var) + epsilon)
+    inv = _inverse_std(raw_var, epsilon)
     residuals = (x, mean, raw_var, inv, scale, bias)
     return _backward(epsilon, activation, residuals, (g_y, g_mean, g_var))
 
@@ -244,7 +248,7 @@ def _native_backward_call(epsilon, activation, x, mean, raw_var, scale, bias, g_
         epsilon,
         _code(activation),
     )
-    inv = lax.rsqrt(jnp.maximum(0.0, raw_var) + epsilon)
+    inv = _inverse_std(raw_var, epsilon)
     return dx.reshape(x.shape), inv * sum_gc, sum_g
 
 

@@ -199,10 +199,18 @@ def build_error() -> str | None:
 
 
 def enabled() -> bool:
-    """Whether depthwise convs and BatchNorm traced now use the native kernels (not switched off,
-    and built)."""
+    """Whether depthwise convs and BatchNorm traced now use the native kernels: not switched off,
+    the CPU backend with ONE device, and built.
+
+    One device only: XLA's SPMD partitioner cannot split a custom call, so with the batch sharded
+    over several CPU devices it would gather the whole batch to every device; the pure-XLA forms
+    partition like any other op."""
     return (
-        _env_enabled() and _disabled_depth == 0 and jax.default_backend() == "cpu" and available()
+        _env_enabled()
+        and _disabled_depth == 0
+        and jax.default_backend() == "cpu"
+        and jax.device_count() == 1
+        and available()
     )
 
 

@@ -161,19 +161,25 @@ constexpr int64_t kRowChunks = 32;
 // The kernel gradient's partial sums: a FIXED count, so the result is the same on any pool.
 constexpr int64_t kGradParts = 16;
 
+// Runs range(r0, r1) over [0, rows) cut into at most kRowChunks chunks, on the pool.
+template <typename Range>
+void ForEachRowRange(ffi::ThreadPool& pool, int64_t rows, Range range) {
+  const int64_t count = std::max<int64_t>(1, std::min(rows, kRowChunks));
+  ParallelChunks(pool, count, [&](int64_t i) {
+    range(ChunkStart(rows, count, i), ChunkStart(rows, count, i + 1));
+  });
+}
+
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> x, ffi::Buffer<ffi::F32, 4> k,
                    ffi::ResultBuffer<ffi::F32, 4> y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pl) {
   const Geometry q = MakeGeometry(x.dimensions(), y->dimensions(), k.dimensions()[0],
                                   k.dimensions()[1], sh, sw, pt, pl);
   if (auto e = CheckGeometry(q); e.failure()) return e;
-  const int64_t rows = q.n * q.ho;
-  const int64_t count = std::max<int64_t>(1, std::min(rows, kRowChunks));
   const float *xd = x.typed_data(), *kd = k.typed_data();
   float* yd = y->typed_data();
-  ParallelChunks(pool, count, [&](int64_t i) {
-    ForwardRows(q, xd, kd, yd, ChunkStart(rows, count, i), ChunkStart(rows, count, i + 1));
-  });
+  ForEachRowRange(pool, q.n * q.ho,
+                  [&](int64_t r0, int64_t r1) { ForwardRows(q, xd, kd, yd, r0, r1); });
   return ffi::Error::Success();
 }
 
@@ -183,13 +189,10 @@ ffi::Error InputGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32, 4> g, ffi::Buff
   const Geometry q = MakeGeometry(dx->dimensions(), g.dimensions(), k.dimensions()[0],
                                   k.dimensions()[1], sh, sw, pt, pl);
   if (auto e = CheckGeometry(q); e.failure()) return e;
-  const int64_t rows = q.n * q.h;
-  const int64_t count = std::max<int64_t>(1, std::min(rows, kRowChunks));
   const float *gd = g.typed_data(), *kd = k.typed_data();
   float* dxd = dx->typed_data();
-  ParallelChunks(pool, count, [&](int64_t i) {
-    InputGradRows(q, gd, kd, dxd, ChunkStart(rows, count, i), ChunkStart(rows, count, i + 1));
-  });
+  ForEachRowRange(pool, q.n * q.h,
+                  [&](int64_t r0, int64_t r1) { InputGradRows(q, gd, kd, dxd, r0, r1); });
   return ffi::Error::Success();
 }
 
@@ -282,9 +285,8 @@ void ChannelSums(ffi::ThreadPool& pool, int64_t m, int64_t c, Row row, double* o
 
 template <typename Row>
 void ForEachRowChunk(ffi::ThreadPool& pool, int64_t m, Row row) {
-  const int64_t count = std::max<int64_t>(1, std::min(m, kRowChunks));
-  ParallelChunks(pool, count, [&](int64_t i) {
-    for (int64_t r = ChunkStart(m, count, i); r < ChunkStart(m, count, i + 1); ++r) row(r);
+  ForEachRowRange(pool, m, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) row(r);
   });
 }
 

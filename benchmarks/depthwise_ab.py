@@ -1,7 +1,7 @@
 """Whole-network A/B of csr_jax's CPU fast paths: the depthwise module at an earlier git revision,
-BatchNorm without its fused backward (or with x - mean shared in it), CSRConv's 1x1 input path as
-one dot, its steps joined by a stack or its hidden update stored -- against the working tree, in
-ONE process, timed alternately.
+BatchNorm without its fused backward (or with x - mean shared in it), CSRConv's widening 1x1
+layers without their composed second step, its steps joined by a stack or its hidden update
+stored -- against the working tree, in ONE process, timed alternately.
 
 Why: a change to ``csr_jax/depthwise.py`` moves the train step of every network with depthwise
 convs, and CPU timings drift by 10% between runs minutes apart; only an interleaved comparison
@@ -9,8 +9,8 @@ convs, and CPU timings drift by 10% between runs minutes apart; only an interlea
 ratio worth recording. The earlier revision's ``_taps`` (read with ``git show``) is swapped in
 while the "before" step is traced; with ``--flax-batchnorm-before`` the "before" step's
 BatchNorm layers run ``nn.BatchNorm``'s autodiff instead of ``FusedBatchNorm``'s backward; with
-``--csr-one-dot-before`` its 1x1 CSRConv layers compute the input path of all steps as one dot
-(the GPU/TPU form) instead of one dot per step; with ``--bn-shared-center-before`` the fused
+``--csr-stepwise-r2-before`` its widening 1x1 CSRConv layers compute the second step's hidden
+term as ``V h_1`` (the GPU/TPU form) instead of ``(U V) x_1``; with ``--bn-shared-center-before`` the fused
 BatchNorm backward's ``sum(g * (x - mean))`` shares ``x - mean`` with its other uses (no
 optimization barrier, so XLA:CPU stores it); with ``--csr-stack-before`` CSRConv joins its steps
 with a stack on a new axis + reshape instead of one concatenate; with
@@ -22,7 +22,7 @@ layers run the pure-XLA CPU form instead of the native kernels (``csr_jax.native
 else is the working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
-      python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-one-dot-before] [--cases ...]
+      python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-stepwise-r2-before] [--cases ...]
       python -m benchmarks.depthwise_ab --bn-shared-center-before --csr-stack-before --csr-stored-update-before
       python -m benchmarks.depthwise_ab --xla-depthwise-before --xla-batch-norm-before --cases mbv2c
 """
@@ -73,7 +73,7 @@ def _stacked_steps(hs):
 def _before(
     rev: str | None,
     flax_batchnorm: bool,
-    csr_one_dot: bool = False,
+    csr_stepwise_r2: bool = False,
     *,
     bn_shared_center: bool = False,
     csr_stack: bool = False,
@@ -95,7 +95,7 @@ def _before(
             (old is not None, depthwise, "_taps", before_taps),
             (flax_batchnorm, FusedBatchNorm, "_fusable", lambda self, x, mask: False),
             # Only CSRConv's own choice; the depthwise convs keep theirs.
-            (csr_one_dot, csr_conv, "default_impl", lambda: "xla"),
+            (csr_stepwise_r2, csr_conv, "_composes_r_2", lambda spec, depthwise: False),
             (bn_shared_center, batch_norm, "_unshared", lambda v: v),
             (csr_stack, csr_conv, "_join_steps", _stacked_steps),
             # The update without jax.checkpoint: autodiff stores relu(a + r).
@@ -138,9 +138,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="the 'before' step's BatchNorm is nn.BatchNorm's autodiff (no fused backward)",
     )
     parser.add_argument(
-        "--csr-one-dot-before",
+        "--csr-stepwise-r2-before",
         action="store_true",
-        help="the 'before' step's 1x1 CSRConv input path is one dot over all steps",
+        help="the 'before' step's widening 1x1 CSRConv layers compute r_2 = V h_1 step by step",
     )
     parser.add_argument(
         "--bn-shared-center-before",
@@ -187,23 +187,23 @@ def main(argv: Sequence[str] | None = None) -> None:
         xla_batch_norm=args.xla_batch_norm_before,
     )
     if args.before is None and not (
-        args.flax_batchnorm_before or args.csr_one_dot_before or any(toggles.values())
+        args.flax_batchnorm_before or args.csr_stepwise_r2_before or any(toggles.values())
     ):
         parser.error(
             "say what the 'before' step is: --before REV and/or one or more of "
-            "--flax-batchnorm-before, --csr-one-dot-before, --bn-shared-center-before, "
+            "--flax-batchnorm-before, --csr-stepwise-r2-before, --bn-shared-center-before, "
             "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before, "
             "--xla-depthwise-before, --xla-batch-norm-before"
         )
     before_step = _before(
-        args.before, args.flax_batchnorm_before, args.csr_one_dot_before, **toggles
+        args.before, args.flax_batchnorm_before, args.csr_stepwise_r2_before, **toggles
     )
 
     print(
         f"# depthwise_ab  before: depthwise {args.before or 'tree'}, batchnorm "
         f"{'flax' if args.flax_batchnorm_before else 'fused'}"
-        f"{' (x - mean shared)' if args.bn_shared_center_before else ''}, csr 1x1 input "
-        f"{'one dot' if args.csr_one_dot_before else 'tree'}"
+        f"{' (x - mean shared)' if args.bn_shared_center_before else ''}, csr 1x1 r_2 "
+        f"{'step by step' if args.csr_stepwise_r2_before else 'tree'}"
         f"{', csr steps stacked' if args.csr_stack_before else ''}"
         f"{', csr update stored' if args.csr_stored_update_before else ''}"
         f"{', k x k conv grads whole-batch' if args.whole_batch_conv_grad_before else ''}"

@@ -11,11 +11,15 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
 
 * The input path ``a_t = U * x_t + b_U`` has no dependence between steps, so all T chunks go
   through ONE op. For 1x1 kernels (any stride) it is a plain contraction over the channels in
-  their natural ``(N, H, W, T, g)`` order -- no transpose, and XLA runs a dot much faster than a
-  1x1 ``conv_general_dilated``; on CPU it is instead one dot per step on a slice of the input,
-  which saves splitting the output and joining its gradient (see :func:`_input_path`);
-  depthwise kernels are tiled over the T chunks (one depthwise conv, natural order too); other
-  k x k kernels fold T into the batch (time-major).
+  their natural ``(N, H, W, T, g)`` order -- no transpose, no slices of the input, and XLA runs
+  a dot much faster than a 1x1 ``conv_general_dilated``; depthwise kernels are tiled over the
+  T chunks (one depthwise conv, natural order too); other k x k kernels fold T into the batch
+  (time-major).
+* For 1x1 kernels the first hidden term needs no ``h_1``: ``h_1 = U x_1 + b_U`` is linear, so
+  ``r_2 = V h_1 + b_V = (U V) x_1 + (V b_U + b_V)``, one dot of g_in x g_out instead of
+  g_out x g_out per pixel. On CPU, where the dots dominate the step, layers whose chunks widen
+  (g_in < g_out, MobileNetV2's T=3 expansion: a sixth of that step's work) compute it so
+  (:func:`_composed_r_2`); same function to float rounding, same parameters.
 * Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every listed preset) it
   is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
   fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer
@@ -345,8 +349,8 @@ _update = jax.checkpoint(_update_formula)
 
 
 def _hidden_path(
-    a: Array | list[Array],
-    time_axis: int | None,
+    a: Array,
+    time_axis: int,
     kernel: Array,
     bias: Array | None,
     alpha: Array,
@@ -355,9 +359,14 @@ def _hidden_path(
     depthwise: bool,
     precision: Any,
     unroll: int | None,
+    r_2: SecondHiddenInput | None = None,
 ) -> Array:
     """All T steps from the input-path outputs ``a`` (T along ``time_axis``); returns
     ``(N, H', W', T * g)`` = h_1 .. h_T concatenated over the channels.
+
+    ``r_2``, when given, computes the second step's hidden term ``r_2 = V * h_1 + b_V`` from the
+    hidden weights another way (:func:`_composed_r_2`); the unrolled form uses it, the rolled
+    form (which runs every step through one cell) does not.
 
     ``unroll=None`` runs the steps as straight-line Python; an int runs ``lax.scan`` with that
     unroll factor (the NNX layer's rolled form; the linen layer's rolled form is ``nn.scan`` over
@@ -376,7 +385,11 @@ def _hidden_path(
     if unroll is None:
         a_steps = _steps_of(a, time_axis)
         hs = [a_steps[0]]  # h_1 = a_1
-        for a_t in a_steps[1:]:
+        rest = a_steps[1:]
+        if r_2 is not None:
+            hs.append(_update(rest[0], r_2(kernel, bias), alpha, beta))
+            rest = rest[1:]
+        for a_t in rest:
             hs.append(step(hs[-1], a_t))
         return _join_steps(hs)
 
@@ -389,32 +402,65 @@ def _hidden_path(
     return _scan_outputs(first, hs)
 
 
+#: ``r_2(hidden_kernel, hidden_bias)``: the second step's hidden term from the hidden weights.
+SecondHiddenInput = Callable[[Array, Array | None], Array]
+
+
+def _composed_r_2(
+    x_1: Array, kernel: Array, bias: Array | None, precision: Any
+) -> SecondHiddenInput:
+    """``r_2 = V h_1 + b_V`` of a 1x1 layer as ONE dot on the first input chunk.
+
+    ``h_1 = x_1 U + b_U`` has no nonlinearity, so for 1x1 kernels
+    ``r_2 = x_1 (U V) + (b_U V + b_V)``: the same function (to float rounding), with the
+    product ``U V`` (g_in x g_out, parameter-sized) formed once. Per pixel that dot costs
+    g_in * g_out multiply-adds instead of g_out^2, in the forward pass and in both gradients,
+    which pays where g_in < g_out: MobileNetV2's T=3 expansion (g_in = C/3, g_out = 2C) does a
+    sixth of that step's work. Only the second step composes; later steps follow a ReLU.
+    """
+
+    def r_2(hidden_kernel: Array, hidden_bias: Array | None) -> Array:
+        v = hidden_kernel[0, 0]
+        r = _matmul(x_1, jnp.dot(kernel[0, 0], v, precision=precision), precision)
+        offset = None if bias is None else jnp.dot(bias, v, precision=precision)
+        if hidden_bias is not None:
+            offset = hidden_bias if offset is None else offset + hidden_bias
+        return r if offset is None else r + offset
+
+    return r_2
+
+
+def _composes_r_2(spec: _Spec, depthwise: bool) -> bool:
+    """Whether :func:`_composed_r_2` runs: 1x1 dense layers with T >= 2 whose chunks widen
+    (g_in < g_out, where the composed dot is the cheaper one), on the CPU path (the dots'
+    cost dominates there; GPU/TPU keep the step-by-step form they were measured with)."""
+    return (
+        not depthwise
+        and spec.kernel_size == (1, 1)
+        and _is_zero_padding(spec.padding)
+        and spec.steps >= 2
+        and spec.g_in < spec.g_out
+        and spec.scan_unroll is None
+        and default_impl() == "taps"
+    )
+
+
 def _join_steps(hs: list[Array]) -> Array:
     """``concat(h_1, ..., h_T)`` over the channels: ONE concatenate (see the module docstring)."""
     return jnp.concatenate(hs, axis=-1)
 
 
-def _steps_of(a: Array | list[Array], time_axis: int | None) -> list[Array]:
-    """The input path's outputs as the list ``[a_1, ..., a_T]``.
-
-    ``a`` is that list already (``time_axis`` None), or one array with T along ``time_axis``,
+def _steps_of(a: Array, time_axis: int) -> list[Array]:
+    """The input path's outputs ``a`` (T along ``time_axis``) as the list ``[a_1, ..., a_T]``,
     cut with ONE split rather than per-step slices: the gradient of a split is one concatenate,
     that of T slices is T zero-padded full-size tensors added up.
     """
-    if time_axis is None:
-        return list(a)
     steps = a.shape[time_axis]
     return [jnp.squeeze(c, time_axis) for c in jax.lax.split(a, [1] * steps, axis=time_axis)]
 
 
-def _dtype_of(a: Array | list[Array]) -> Any:
-    return a[0].dtype if isinstance(a, list) else a.dtype
-
-
-def _scan_inputs(a: Array | list[Array], time_axis: int | None) -> tuple[Array, Array]:
+def _scan_inputs(a: Array, time_axis: int) -> tuple[Array, Array]:
     """A rolled loop's carry ``h_1 = a_1`` and its inputs ``a_2 .. a_T`` stacked on axis 0."""
-    if time_axis is None:
-        return a[0], jnp.stack(a[1:], axis=0)
     first, rest = jax.lax.split(a, [1, a.shape[time_axis] - 1], axis=time_axis)
     return jnp.squeeze(first, time_axis), jnp.moveaxis(rest, time_axis, 0)
 
@@ -436,11 +482,12 @@ def _forward(
     depthwise: bool,
     precision: Any,
     dtype: Dtype | None,
-    hidden: Callable[[Array | list[Array], int | None], Array],
+    hidden: Callable[[Array, int, SecondHiddenInput | None], Array],
 ) -> Array:
-    """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis)``
-    runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and is the
-    only part the linen and NNX layers supply differently (where the hidden parameters live)."""
+    """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis,
+    r_2)`` runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and
+    is the only part the linen and NNX layers supply differently (where the hidden parameters
+    live)."""
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
     c_in = x.shape[-1]
     # Channel wrap-around: extend with copies of the input from its first channel on.
@@ -449,15 +496,19 @@ def _forward(
         reps = -(-total_in // c_in)
         x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
 
-    # Input path: a holds a_1..a_T along `time_axis`, or is their list (time_axis None).
+    # Input path: a holds a_1..a_T along `time_axis`.
     a, time_axis = _input_path(x, kernel, spec, depthwise=depthwise, precision=precision)
     if bias is not None:
-        a = [a_t + bias for a_t in a] if time_axis is None else a + bias
+        a = a + bias
     if spec.steps == 1:
         return _steps_of(a, time_axis)[0][..., : spec.features]
 
+    r_2 = None
+    if _composes_r_2(spec, depthwise):
+        x_1 = x[:, :: spec.strides[0], :: spec.strides[1], : spec.g_in]
+        r_2 = _composed_r_2(x_1, kernel, bias, precision)
     # concat(h_1, ..., h_T) over the channels, cut to the layer's width.
-    return hidden(a, time_axis)[..., : spec.features]
+    return hidden(a, time_axis, r_2)[..., : spec.features]
 
 
 def _check_input(x: Array) -> None:
@@ -545,13 +596,13 @@ class CSRConv(nn.Module):
                 self.param_dtype,
             )
 
-        def hidden(a: Array | list[Array], time_axis: int | None) -> Array:
+        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
             cell = functools.partial(
                 _HiddenCell,
                 spec=spec,
                 use_bias=self.use_bias,
                 depthwise=self.depthwise,
-                dtype=_dtype_of(a),
+                dtype=a.dtype,
                 param_dtype=self.param_dtype,
                 precision=self.precision,
                 kernel_init=self.kernel_init,
@@ -566,6 +617,7 @@ class CSRConv(nn.Module):
                     depthwise=self.depthwise,
                     precision=self.precision,
                     unroll=None,
+                    r_2=r_2,
                 )
             # The rolled form: the cell in nn.scan, its parameters broadcast to every step.
             scan = nn.scan(
@@ -592,13 +644,11 @@ class CSRConv(nn.Module):
 
 def _input_path(
     x: Array, kernel: Array, spec: _Spec, *, depthwise: bool, precision: Any
-) -> tuple[Array | list[Array], int | None]:
+) -> tuple[Array, int]:
     """``U * x_t`` for every step on the wrapped input; returns ``(a, time_axis)``.
 
-    ``a`` is the list ``[a_1, ..., a_T]`` (time_axis None) for 1x1 kernels on the CPU path
-    (:func:`csr_jax.depthwise.default_impl` ``"taps"``), one array ``(N, H', W', T, g_out)``
-    (time_axis 3, the channels' own order) for 1x1 kernels on GPU/TPU and for depthwise kernels,
-    and ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
+    ``a`` is ``(N, H', W', T, g_out)`` (time_axis 3, the channels' own order) for 1x1 and
+    depthwise kernels, and ``(T, N, H', W', g_out)`` (time_axis 0) for other k x k kernels.
     """
     n, _, _, _ = x.shape
     steps, strides, padding, g_in, g_out = (
@@ -614,17 +664,9 @@ def _input_path(
         # much faster as a dot than as a conv.
         if strides != (1, 1):
             x = x[:, :: strides[0], :: strides[1], :]
-        w = kernel[0, 0]
-        if default_impl() == "taps":
-            # CPU: one dot per step on a slice of the input. Splitting one dot's output into
-            # steps, and joining their gradients, cost more than T smaller dots on XLA:CPU
-            # (benchmarks/RESULTS.md section 10).
-            return [
-                _matmul(x[..., t * g_in : (t + 1) * g_in], w, precision) for t in range(steps)
-            ], None
-        # GPU/TPU: one dot on all chunks; they stay in place, no transpose.
+        # One dot on all chunks; they stay in place, no transpose, and the input is not sliced.
         _, height, width, _ = x.shape
-        return _matmul(x.reshape(n, height, width, steps, g_in), w, precision), 3
+        return _matmul(x.reshape(n, height, width, steps, g_in), kernel[0, 0], precision), 3
     if depthwise:
         # Every chunk uses the same per-channel filters: tile the kernel over the T chunks and
         # run one depthwise conv over all (wrapped) channels, in their own order (shifted taps

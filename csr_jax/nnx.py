@@ -26,8 +26,8 @@ from csr_jax.csr_conv import (
     Dtype,
     Initializer,
     PaddingLike,
+    SecondHiddenInput,
     _check_input,
-    _dtype_of,
     _fan_in,
     _forward,
     _hidden_path,
@@ -127,13 +127,13 @@ class CSRConv(nnx.Module):
             )
         spec = self._spec
 
-        def hidden(a: Array | list[Array], time_axis: int | None) -> Array:
+        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
             kernel, bias, alpha, beta = promote_dtype(
                 _value(self.hidden_kernel),
                 _value(self.hidden_bias),
                 _value(self.alpha),
                 _value(self.beta),
-                dtype=_dtype_of(a),
+                dtype=a.dtype,
             )
             return _hidden_path(
                 a,
@@ -145,6 +145,7 @@ class CSRConv(nnx.Module):
                 depthwise=self.depthwise,
                 precision=self.precision,
                 unroll=spec.scan_unroll,
+                r_2=r_2,
             )
 
         return _forward(

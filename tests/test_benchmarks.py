@@ -200,25 +200,26 @@ def test_depthwise_ab_flax_batchnorm_before_turns_the_fused_backward_off():
         assert "custom_vjp_call" in traced()
 
 
-def test_depthwise_ab_csr_one_dot_before_switches_only_the_csr_input_path():
-    """With --csr-one-dot-before a 1x1 CSRConv (T=3) traces one input dot instead of three; the
-    depthwise convs keep their CPU path; the working tree's form is back afterwards."""
+def test_depthwise_ab_csr_stepwise_r2_before_switches_only_the_composed_second_step():
+    """With --csr-stepwise-r2-before a widening 1x1 CSRConv (T=3, g_in 2 < g_out 4) traces
+    r_2 = V h_1 instead of forming U V (one dot fewer); the depthwise convs keep their CPU path;
+    the working tree's form is back afterwards."""
     import jax
     import jax.numpy as jnp
 
     from benchmarks import depthwise_ab
     from csr_jax import CSRConv, depthwise
 
-    layer = CSRConv(6, 1, 3)
+    layer = CSRConv(12, 1, 3)
     x = jnp.ones((1, 3, 3, 6))
     params = layer.init(jax.random.key(0), x)
     dots = lambda: str(jax.make_jaxpr(layer.apply)(params, x)).count("dot_general")
     with depthwise.forced_impl("taps"):
-        per_step = dots()
-        with depthwise_ab._before(None, False, csr_one_dot=True)():
-            assert dots() == per_step - 2
+        composed = dots()
+        with depthwise_ab._before(None, False, csr_stepwise_r2=True)():
+            assert dots() == composed - 1
             assert depthwise.default_impl() == "taps"
-        assert dots() == per_step
+        assert dots() == composed
 
 
 def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_values():

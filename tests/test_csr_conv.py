@@ -172,6 +172,43 @@ def test_unroll_does_not_change_the_result():
         )
 
 
+@pytest.mark.parametrize("stride,bias", [(1, False), (2, True)])
+def test_widening_1x1_layer_composes_its_second_step_without_changing_values_or_gradients(
+    stride, bias
+):
+    """A 1x1 layer with g_in < g_out computes r_2 = x_1 (U V) on CPU; the rolled form steps."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (2, 6, 5, 9), dtype=jnp.float64)
+        composed = CSRConv(24, 1, 3, strides=stride, use_bias=bias, param_dtype=jnp.float64)
+        stepped = CSRConv(
+            24, 1, 3, strides=stride, use_bias=bias, param_dtype=jnp.float64, unroll=1
+        )
+        params = composed.init(jax.random.key(1), x)["params"]
+        params["hidden"]["alpha"] = jnp.asarray(0.7, jnp.float64)
+        params["hidden"]["beta"] = jnp.asarray(-0.3, jnp.float64)
+        # g_in = 3, g_out = 8: the parameter-sized product U V is in the composed program only.
+        assert "f64[3,8] = dot_general" in str(
+            jax.make_jaxpr(composed.apply)({"params": params}, x)
+        )
+        assert "f64[3,8] = dot_general" not in str(
+            jax.make_jaxpr(stepped.apply)({"params": params}, x)
+        )
+
+        def loss(layer):
+            return lambda p, x: jnp.sum(jnp.sin(layer.apply({"params": p}, x)))
+
+        np.testing.assert_allclose(
+            composed.apply({"params": params}, x),
+            stepped.apply({"params": params}, x),
+            rtol=1e-12,
+            atol=1e-12,
+        )
+        got = jax.grad(loss(composed), argnums=(0, 1))(params, x)
+        want = jax.grad(loss(stepped), argnums=(0, 1))(params, x)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "kwargs,shape,message",
     [

@@ -103,8 +103,9 @@ def forced_impl(impl: str) -> Iterator[None]:
     """Makes every depthwise conv TRACED inside the block (``impl=None``: the conv factory's and
     ``CSRConv``'s) use ``impl`` -- to test both paths on one machine, or to time them.
 
-    The same switch picks csr_jax's other CPU forms: ``CSRConv``'s 1x1 input path (one dot per
-    step on ``"taps"``, one dot over all steps on ``"xla"``) and the backbones' BatchNorm
+    The same switch picks csr_jax's other CPU forms: ``CSRConv``'s widening 1x1 layers (their
+    second hidden term composed, ``r_2 = (U V) x_1``, on ``"taps"``; step by step on ``"xla"``)
+    and the backbones' BatchNorm
     (:class:`csr_jax.models.batch_norm.FusedBatchNorm`'s backward on ``"taps"``, ``nn.BatchNorm``
     on ``"xla"``). ``forced_impl("xla")`` therefore also gives a network that forward-mode
     autodiff (``jax.jvp``, ``jax.jacfwd``) can differentiate.

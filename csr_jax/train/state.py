@@ -27,6 +27,19 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+def state_from_variables(
+    model: nn.Module, tx: optax.GradientTransformation, variables: Any
+) -> TrainState:
+    """The train state of ``model``'s ``variables`` (arrays, or ``jax.ShapeDtypeStruct`` leaves
+    under ``jax.eval_shape``): step 0, the optimizer's initial state."""
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
+        batch_stats=variables.get("batch_stats", {}),
+    )
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -48,23 +61,12 @@ def create_train_state(
         params_rng, dropout_rng = jax.random.split(rng)
         dummy = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
         variables = model.init({"params": params_rng, "dropout": dropout_rng}, dummy, train=False)
-        params = variables["params"]
-        return TrainState.create(
-            apply_fn=model.apply, params=params, tx=tx, batch_stats=variables.get("batch_stats", {})
-        )
+        return state_from_variables(model, tx, variables)
 
     if abstract_variables is None:
         abstract = jax.eval_shape(init, rng)
     else:  # The model was traced already (csr_jax.models.abstract_init): trace only the optimizer.
-        abstract = jax.eval_shape(
-            lambda v: TrainState.create(
-                apply_fn=model.apply,
-                params=v["params"],
-                tx=tx,
-                batch_stats=v.get("batch_stats", {}),
-            ),
-            abstract_variables,
-        )
+        abstract = jax.eval_shape(lambda v: state_from_variables(model, tx, v), abstract_variables)
     shardings = jax.tree.map(lambda _: replicated_sharding(mesh), abstract)
     # Initialisation runs once and is mostly threefry random bits, one block per parameter:
     # XLA:CPU's optimising backend spends 4x longer compiling it than running it unoptimised

@@ -142,10 +142,12 @@ def test_jit_and_vmap_agree_with_eager():
     np.testing.assert_allclose(vmapped, eager, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_compute_keeps_float32_params_and_stays_close():
+@pytest.mark.parametrize("features,k", [(24, 3), (48, 1)], ids=["3x3", "1x1-widening"])
+def test_bfloat16_compute_keeps_float32_params_and_stays_close(features, k):
+    """The 1x1 widening layer (g_in 6 < g_out 16) composes its second step on CPU, in bf16 too."""
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 16))
-    f32 = CSRConv(24, 3, 3, use_bias=True)
-    bf16 = CSRConv(24, 3, 3, use_bias=True, dtype=jnp.bfloat16)
+    f32 = CSRConv(features, k, 3, use_bias=True)
+    bf16 = CSRConv(features, k, 3, use_bias=True, dtype=jnp.bfloat16)
     variables = f32.init(jax.random.key(1), x)
     assert all(
         p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(bf16.init(jax.random.key(1), x))

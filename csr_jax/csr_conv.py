@@ -183,6 +183,13 @@ class _Spec(NamedTuple):
     scan_unroll: int | None
 
 
+def _is_pointwise(spec: _Spec, depthwise: bool) -> bool:
+    """A dense 1x1 layer without padding: its convolutions are contractions over the channels
+    (a strided one reads every s-th pixel), which the input path and the composed ``r_2`` run as
+    dots."""
+    return not depthwise and spec.kernel_size == (1, 1) and _is_zero_padding(spec.padding)
+
+
 def _resolve(
     c_in: Any,
     features: Any,
@@ -435,9 +442,7 @@ def _composes_r_2(spec: _Spec, depthwise: bool) -> bool:
     (g_in < g_out, where the composed dot is the cheaper one), on the CPU path (the dots'
     cost dominates there; GPU/TPU keep the step-by-step form they were measured with)."""
     return (
-        not depthwise
-        and spec.kernel_size == (1, 1)
-        and _is_zero_padding(spec.padding)
+        _is_pointwise(spec, depthwise)
         and spec.steps >= 2
         and spec.g_in < spec.g_out
         and spec.scan_unroll is None
@@ -658,10 +663,8 @@ def _input_path(
         spec.g_in,
         spec.g_out,
     )
-    kh, kw = spec.kernel_size
-    if (kh, kw) == (1, 1) and not depthwise and _is_zero_padding(padding):
-        # A 1x1 conv is a contraction (a strided one reads every s-th pixel), and XLA runs it
-        # much faster as a dot than as a conv.
+    if _is_pointwise(spec, depthwise):
+        # XLA runs a 1x1 conv much faster as a dot than as a conv.
         if strides != (1, 1):
             x = x[:, :: strides[0], :: strides[1], :]
         # One dot on all chunks; they stay in place, no transpose, and the input is not sliced.

@@ -339,6 +339,19 @@ def depthwise_kernel_grad(
 ACTIVATIONS = {jax.nn.relu: 1, jax.nn.relu6: 2}
 
 
+def _batch_norm_call(
+    target: str, x: Array, operands: tuple[Array, ...], epsilon: float, activation_code: int
+) -> tuple[Array, Array, Array]:
+    """Both BatchNorm kernels take ``x`` (M, C) first and return an (M, C) array and two (C,)
+    vectors, with the same two attributes."""
+    m, c = x.shape
+    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
+    call = jax.ffi.ffi_call(
+        target, (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec), vmap_method="sequential"
+    )
+    return call(x, *operands, eps=np.float32(epsilon), act=np.int64(activation_code))
+
+
 def batch_norm_forward(
     x: Array, scale: Array, bias: Array, epsilon: float, activation_code: int
 ) -> tuple[Array, Array, Array]:
@@ -347,14 +360,9 @@ def batch_norm_forward(
     ``y = act((x - mean) * scale * rsqrt(max(raw_var, 0) + epsilon) + bias)`` with the activation
     of :data:`ACTIVATIONS` code ``activation_code``. Not differentiable by itself
     (``csr_jax.models.batch_norm`` gives it a custom VJP)."""
-    m, c = x.shape
-    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-    call = jax.ffi.ffi_call(
-        "csr_jax_batch_norm_forward",
-        (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec),
-        vmap_method="sequential",
+    return _batch_norm_call(
+        "csr_jax_batch_norm_forward", x, (scale, bias), epsilon, activation_code
     )
-    return call(x, scale, bias, eps=np.float32(epsilon), act=np.int64(activation_code))
 
 
 def batch_norm_backward(
@@ -373,22 +381,10 @@ def batch_norm_backward(
     cotangents ``g_y`` (of y), ``g_mean`` and ``g_var`` (of the statistics), and the two
     per-channel sums the parameter gradients are made of, ``sum_g = sum(g)`` and
     ``sum_gc = sum(g * (x - mean))``, where ``g`` is ``g_y`` through the activation's gradient."""
-    m, c = x.shape
-    vec = jax.ShapeDtypeStruct((c,), jnp.float32)
-    call = jax.ffi.ffi_call(
+    return _batch_norm_call(
         "csr_jax_batch_norm_backward",
-        (jax.ShapeDtypeStruct((m, c), jnp.float32), vec, vec),
-        vmap_method="sequential",
-    )
-    return call(
         x,
-        g_y,
-        mean,
-        raw_var,
-        scale,
-        bias,
-        g_mean,
-        g_var,
-        eps=np.float32(epsilon),
-        act=np.int64(activation_code),
+        (g_y, mean, raw_var, scale, bias, g_mean, g_var),
+        epsilon,
+        activation_code,
     )

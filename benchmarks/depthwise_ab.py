@@ -18,13 +18,15 @@ with a stack on a new axis + reshape instead of one concatenate; with
 stores ``relu(a + r)``); with ``--whole-batch-conv-grad-before`` its k x k convs take XLA's
 kernel gradient over the whole batch instead of summing it over chunks; with
 ``--xla-depthwise-before`` / ``--xla-batch-norm-before`` its depthwise convs / fused BatchNorm
-layers run the pure-XLA CPU form instead of the native kernels (``csr_jax.native``). Everything
-else is the working tree's.
+layers run the pure-XLA CPU form instead of the native kernels (``csr_jax.native``); with
+``--xla-pointwise-csr-before`` its widening 1x1 CSRConv layers run the XLA form instead of the
+native layer (``csr_jax.pointwise_native``). Everything else is the working tree's.
 
 Run:  python -m benchmarks.depthwise_ab --before e5bace2 [--cases mbv2c effb0 mbv2-b] [--variants ordinary csr]
       python -m benchmarks.depthwise_ab --flax-batchnorm-before [--csr-stepwise-r2-before] [--cases ...]
       python -m benchmarks.depthwise_ab --bn-shared-center-before --csr-stack-before --csr-stored-update-before
       python -m benchmarks.depthwise_ab --xla-depthwise-before --xla-batch-norm-before --cases mbv2c
+      python -m benchmarks.depthwise_ab --xla-pointwise-csr-before --cases mbv2c --variants csr
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import model_bench
-from csr_jax import csr_conv, depthwise
+from csr_jax import csr_conv, depthwise, pointwise_native
 from csr_jax.models import batch_norm
 from csr_jax.models.batch_norm import FusedBatchNorm
 
@@ -81,6 +83,7 @@ def _before(
     whole_batch_conv_grad: bool = False,
     xla_depthwise: bool = False,
     xla_batch_norm: bool = False,
+    xla_pointwise_csr: bool = False,
 ):
     """A context manager factory under which the 'before' step is traced."""
     old = load_module_at(rev) if rev is not None else None
@@ -105,6 +108,8 @@ def _before(
             (xla_depthwise, depthwise, "_native_fits", lambda *args: False),
             # The XLA fused BatchNorm instead of the native kernels.
             (xla_batch_norm, batch_norm, "_native_fits", lambda *args: False),
+            # The XLA form of the widening 1x1 CSR layers instead of the native layer.
+            (xla_pointwise_csr, pointwise_native, "applies", lambda **config: False),
         )
         if on
     ]
@@ -172,6 +177,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         action="store_true",
         help="the 'before' step's fused BatchNorm is the XLA form, not the native kernels",
     )
+    parser.add_argument(
+        "--xla-pointwise-csr-before",
+        action="store_true",
+        help="the 'before' step's widening 1x1 CSRConv layers are the XLA form, not the native op",
+    )
     parser.add_argument("--preset", choices=sorted(model_bench.PRESETS), default="cpu-dw")
     parser.add_argument("--cases", nargs="*", default=["mbv2c", "effb0", "mbv2-b"])
     parser.add_argument("--variants", nargs="*", default=["ordinary", "csr"])
@@ -185,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         whole_batch_conv_grad=args.whole_batch_conv_grad_before,
         xla_depthwise=args.xla_depthwise_before,
         xla_batch_norm=args.xla_batch_norm_before,
+        xla_pointwise_csr=args.xla_pointwise_csr_before,
     )
     if args.before is None and not (
         args.flax_batchnorm_before or args.csr_stepwise_r2_before or any(toggles.values())
@@ -193,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "say what the 'before' step is: --before REV and/or one or more of "
             "--flax-batchnorm-before, --csr-stepwise-r2-before, --bn-shared-center-before, "
             "--csr-stack-before, --csr-stored-update-before, --whole-batch-conv-grad-before, "
-            "--xla-depthwise-before, --xla-batch-norm-before"
+            "--xla-depthwise-before, --xla-batch-norm-before, --xla-pointwise-csr-before"
         )
     before_step = _before(
         args.before, args.flax_batchnorm_before, args.csr_stepwise_r2_before, **toggles
@@ -209,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{', k x k conv grads whole-batch' if args.whole_batch_conv_grad_before else ''}"
         f"{', depthwise pure-XLA taps' if args.xla_depthwise_before else ''}"
         f"{', batchnorm XLA (not native)' if args.xla_batch_norm_before else ''}"
+        f"{', widening 1x1 CSR XLA (not native)' if args.xla_pointwise_csr_before else ''}"
         f"  jax {jax.__version__}  host {platform.node()}  "
         f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         flush=True,

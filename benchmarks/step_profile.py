@@ -34,7 +34,11 @@ import jax
 
 from benchmarks import model_bench
 
-_INSTRUCTION = re.compile(r"%([\w.\-]+) = \S+ (?:fusion|[a-z\-]+)\(.*?op_name=\"([^\"]+)\"")
+# The result type is one array type or a tuple of them (``(f32[..]{..}, f32[..]{..})``: a custom
+# call with several results, e.g. the native BatchNorm's).
+_INSTRUCTION = re.compile(
+    r"%([\w.\-]+) = (?:\([^()]*\)|\S+) (?:fusion|[a-z\-]+)\(.*?op_name=\"([^\"]+)\""
+)
 
 
 def op_names(hlo_text: str) -> dict[str, str]:

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.linen.dtypes import promote_dtype
 
+from csr_jax import pointwise_native
 from csr_jax.depthwise import default_impl, dense_conv, depthwise_conv
 
 Array = jax.Array
@@ -409,6 +410,9 @@ def _hidden_path(
     return _scan_outputs(first, hs)
 
 
+#: ``(hidden_kernel, hidden_bias, alpha, beta)`` in the computation dtype (bias None without bias).
+HiddenWeights = tuple[Array, Array | None, Array, Array]
+
 #: ``r_2(hidden_kernel, hidden_bias)``: the second step's hidden term from the hidden weights.
 SecondHiddenInput = Callable[[Array, Array | None], Array]
 
@@ -488,12 +492,32 @@ def _forward(
     precision: Any,
     dtype: Dtype | None,
     hidden: Callable[[Array, int, SecondHiddenInput | None], Array],
+    hidden_weights: Callable[[Dtype], HiddenWeights],
 ) -> Array:
-    """The whole layer on NHWC ``x`` given the input path's parameters; ``hidden(a, time_axis,
-    r_2)`` runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`) and
-    is the only part the linen and NNX layers supply differently (where the hidden parameters
-    live)."""
+    """The whole layer on NHWC ``x`` given the input path's parameters. ``hidden(a, time_axis,
+    r_2)`` runs the T - 1 hidden steps on the input path's outputs (see :func:`_hidden_path`),
+    ``hidden_weights(dtype)`` gives the hidden parameters for the native widening 1x1 layer
+    (:mod:`csr_jax.pointwise_native`); they are the only parts the linen and NNX layers supply
+    differently (where the hidden parameters live). One of the two is called."""
     x, kernel, bias = promote_dtype(x, kernel, bias, dtype=dtype)
+    if spec.steps > 1 and pointwise_native.applies(
+        pointwise=_is_pointwise(spec, depthwise),
+        steps=spec.steps,
+        g_in=spec.g_in,
+        g_out=spec.g_out,
+        features=spec.features,
+        rolled=spec.scan_unroll is not None,
+        dtypes=(x.dtype, kernel.dtype),
+    ):
+        return pointwise_native.pointwise_csr(
+            x,
+            kernel,
+            bias,
+            *hidden_weights(x.dtype),
+            steps=spec.steps,
+            features=spec.features,
+            strides=spec.strides,
+        )
     c_in = x.shape[-1]
     # Channel wrap-around: extend with copies of the input from its first channel on.
     total_in = spec.steps * spec.g_in
@@ -601,19 +625,22 @@ class CSRConv(nn.Module):
                 self.param_dtype,
             )
 
-        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
-            cell = functools.partial(
+        def hidden_cell(dtype: Dtype) -> functools.partial:
+            return functools.partial(
                 _HiddenCell,
                 spec=spec,
                 use_bias=self.use_bias,
                 depthwise=self.depthwise,
-                dtype=a.dtype,
+                dtype=dtype,
                 param_dtype=self.param_dtype,
                 precision=self.precision,
                 kernel_init=self.kernel_init,
                 bias_init=self.bias_init,
                 name="hidden",
             )
+
+        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
+            cell = hidden_cell(a.dtype)
             if spec.scan_unroll is None:
                 return _hidden_path(
                     a,
@@ -644,6 +671,7 @@ class CSRConv(nn.Module):
             precision=self.precision,
             dtype=self.dtype,
             hidden=hidden,
+            hidden_weights=lambda dtype: hidden_cell(dtype)().weights(),
         )
 
 

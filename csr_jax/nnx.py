@@ -24,6 +24,7 @@ from flax.linen.dtypes import promote_dtype
 from csr_jax.csr_conv import (
     Array,
     Dtype,
+    HiddenWeights,
     Initializer,
     PaddingLike,
     SecondHiddenInput,
@@ -127,21 +128,21 @@ class CSRConv(nnx.Module):
             )
         spec = self._spec
 
-        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
+        def hidden_weights(dtype: Any) -> HiddenWeights:
             kernel, bias, alpha, beta = promote_dtype(
                 _value(self.hidden_kernel),
                 _value(self.hidden_bias),
                 _value(self.alpha),
                 _value(self.beta),
-                dtype=a.dtype,
+                dtype=dtype,
             )
+            return kernel, bias, alpha, beta
+
+        def hidden(a: Array, time_axis: int, r_2: SecondHiddenInput | None) -> Array:
             return _hidden_path(
                 a,
                 time_axis,
-                kernel,
-                bias,
-                alpha,
-                beta,
+                *hidden_weights(a.dtype),
                 depthwise=self.depthwise,
                 precision=self.precision,
                 unroll=spec.scan_unroll,
@@ -157,6 +158,7 @@ class CSRConv(nnx.Module):
             precision=self.precision,
             dtype=self.dtype,
             hidden=hidden,
+            hidden_weights=hidden_weights,
         )
 
 

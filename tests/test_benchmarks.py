@@ -201,25 +201,53 @@ def test_depthwise_ab_flax_batchnorm_before_turns_the_fused_backward_off():
 
 
 def test_depthwise_ab_csr_stepwise_r2_before_switches_only_the_composed_second_step():
-    """With --csr-stepwise-r2-before a widening 1x1 CSRConv (T=3, g_in 2 < g_out 4) traces
-    r_2 = V h_1 instead of forming U V (one dot fewer); the depthwise convs keep their CPU path;
-    the working tree's form is back afterwards."""
+    """With --csr-stepwise-r2-before a widening 1x1 CSRConv (T=3, g_in 2 < g_out 4) in the XLA
+    form traces r_2 = V h_1 instead of forming U V (one dot fewer); the depthwise convs keep
+    their CPU path; the working tree's form is back afterwards."""
     import jax
     import jax.numpy as jnp
 
     from benchmarks import depthwise_ab
-    from csr_jax import CSRConv, depthwise
+    from csr_jax import CSRConv, depthwise, native
 
     layer = CSRConv(12, 1, 3)
     x = jnp.ones((1, 3, 3, 6))
     params = layer.init(jax.random.key(0), x)
     dots = lambda: str(jax.make_jaxpr(layer.apply)(params, x)).count("dot_general")
-    with depthwise.forced_impl("taps"):
+    with depthwise.forced_impl("taps"), native.disabled():
         composed = dots()
         with depthwise_ab._before(None, False, csr_stepwise_r2=True)():
             assert dots() == composed - 1
             assert depthwise.default_impl() == "taps"
         assert dots() == composed
+
+
+def test_depthwise_ab_xla_pointwise_csr_before_switches_the_native_layer_off():
+    """With --xla-pointwise-csr-before a widening 1x1 CSRConv traces the XLA form instead of the
+    native layer, computing the same values; the native layer is back afterwards."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from benchmarks import depthwise_ab
+    from csr_jax import CSRConv, depthwise, native
+
+    assert native.available(), native.build_error()
+    layer = CSRConv(12, 1, 3)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((1, 3, 3, 6)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+
+    def run():
+        text = jax.jit(lambda p, x: layer.apply(p, x)).lower(params, x).as_text()
+        return "csr_jax_pointwise_csr_forward" in text, layer.apply(params, x)
+
+    with depthwise.forced_impl("taps"):
+        native_on, y_native = run()
+        with depthwise_ab._before(None, False, xla_pointwise_csr=True)():
+            native_off, y_xla = run()
+        native_back, _ = run()
+    assert (native_on, native_off, native_back) == (True, False, True)
+    np.testing.assert_allclose(y_native, y_xla, rtol=1e-5, atol=1e-6)
 
 
 def test_depthwise_ab_toggles_of_section_11_change_the_traced_step_and_not_its_values():

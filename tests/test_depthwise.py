@@ -312,10 +312,11 @@ def test_mobilenet_forward_equal_on_both_paths():
 @pytest.mark.parametrize("unroll", [None, 1], ids=["unrolled", "rolled"])
 @pytest.mark.parametrize("strides", [1, 2])
 def test_csr_conv_1x1_paths_equal(strides, unroll):
-    """A widening 1x1 CSRConv (g_in 2 < g_out 3) composes its second hidden term on CPU when its
-    steps are unrolled (r_2 = (U V) x_1 + V b_U + b_V: two more, parameter-sized, dots), and steps through it on
-    GPU/TPU and in the rolled form; same values and gradients (5 input channels, T=3: the input
-    wraps around)."""
+    """A widening 1x1 CSRConv (g_in 2 < g_out 3) in the XLA form (the native op off, as without a
+    compiler or on several devices) composes its second hidden term on CPU when its steps are
+    unrolled (r_2 = (U V) x_1 + V b_U + b_V: two more, parameter-sized, dots), and steps through
+    it on GPU/TPU and in the rolled form; same values and gradients (5 input channels, T=3: the
+    input wraps around). tests/test_pointwise_native.py holds the native op to this form."""
     layer = CSRConv(7, 1, 3, strides=strides, use_bias=True, unroll=unroll)
     x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 5, 4, 5)), jnp.float32)
     params = jax.tree.map(lambda p: p + 0.1, layer.init(jax.random.key(0), x))
@@ -325,7 +326,7 @@ def test_csr_conv_1x1_paths_equal(strides, unroll):
         dots = str(jax.make_jaxpr(loss)(params, x)).count("dot_general")
         return dots, jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
 
-    with depthwise.forced_impl("taps"):
+    with depthwise.forced_impl("taps"), native.disabled():
         dots_taps, (v_taps, g_taps) = run()
     with depthwise.forced_impl("xla"):
         dots_xla, (v_xla, g_xla) = run()

@@ -63,9 +63,14 @@ __all__ = [
     "depthwise_kernel_grad",
     "disabled",
     "enabled",
+    "pointwise_csr_backward",
+    "pointwise_csr_forward",
 ]
 
-SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+#: The C++ sources, compiled together into one library (``parallel.h`` is included by both).
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("cpu_kernels.cc", "pointwise_csr.cc", "parallel.h")
+)
 
 #: FFI target name -> the handler symbol in the library.
 _TARGETS = {
@@ -74,6 +79,8 @@ _TARGETS = {
     "csr_jax_depthwise_kernel_grad": "CsrDepthwiseKernelGrad",
     "csr_jax_batch_norm_forward": "CsrBatchNormForward",
     "csr_jax_batch_norm_backward": "CsrBatchNormBackward",
+    "csr_jax_pointwise_csr_forward": "CsrPointwiseForward",
+    "csr_jax_pointwise_csr_backward": "CsrPointwiseBackward",
 }
 
 _lock = threading.Lock()
@@ -121,7 +128,13 @@ def _build(compiler: str) -> Path:
     key = hashlib.sha256(
         b"\0".join(
             s.encode()
-            for s in (SOURCE.read_text(), jaxlib.__version__, compiler, version, _cpu_flags())
+            for s in (
+                *(f.read_text() for f in SOURCES),
+                jaxlib.__version__,
+                compiler,
+                version,
+                _cpu_flags(),
+            )
         )
     ).hexdigest()[:16]
     target = _cache_dir() / f"cpu_kernels-{platform.machine()}-{key}.so"
@@ -143,7 +156,7 @@ def _build(compiler: str) -> Path:
             "-fPIC",
             "-isystem",
             include,
-            str(SOURCE),
+            *(str(f) for f in SOURCES if f.suffix == ".cc"),
             "-o",
             tmp,
         ]
@@ -388,3 +401,59 @@ def batch_norm_backward(
         epsilon,
         activation_code,
     )
+
+
+def pointwise_csr_forward(
+    x: Array,
+    u: Array,
+    v: Array,
+    bu: Array,
+    bv: Array,
+    alpha: Array,
+    beta: Array,
+    steps: int,
+    c_out: int,
+    keep_hidden: bool,
+) -> tuple[Array, Array]:
+    """``(y, r)``: a whole 1x1 CSR layer with ``steps`` T >= 2 on float32 ``x`` of shape (P, C_in)
+    (pixels, channels): ``u`` (g_in, g_out), ``v`` (g_out, g_out), biases ``bu``/``bv`` (g_out,)
+    (zeros for none), ``alpha``/``beta`` of shape (1,). ``y`` (P, c_out) is the layer's output
+    (docs/csr_conv.md sections 2-5). ``r`` holds the hidden terms r_3 .. r_T, (P, (T-2) g_out),
+    with ``keep_hidden``, which :func:`pointwise_csr_backward` then reads back; else it is
+    (P, 0) and the backward pass recomputes them (g_out^2 multiply-adds per pixel and step
+    against writing and reading g_out floats: cheaper for narrow layers). Not differentiable by
+    itself (``csr_jax.pointwise_native`` gives it a custom VJP)."""
+    p, g = x.shape[0], u.shape[1]
+    call = jax.ffi.ffi_call(
+        "csr_jax_pointwise_csr_forward",
+        (
+            jax.ShapeDtypeStruct((p, c_out), jnp.float32),
+            jax.ShapeDtypeStruct((p, (steps - 2) * g if keep_hidden else 0), jnp.float32),
+        ),
+        vmap_method="sequential",
+    )
+    return call(x, u, v, bu, bv, alpha, beta, steps=np.int64(steps))
+
+
+def pointwise_csr_backward(
+    x: Array,
+    u: Array,
+    v: Array,
+    bu: Array,
+    bv: Array,
+    alpha: Array,
+    beta: Array,
+    y: Array,
+    r: Array,
+    dy: Array,
+    steps: int,
+) -> tuple[Array, ...]:
+    """``(dx, du, dv, dbu, dbv, dalpha, dbeta)``: the gradients of :func:`pointwise_csr_forward`'s
+    ``y`` for the cotangent ``dy``, given its operands and its two results."""
+    f32 = functools.partial(jax.ShapeDtypeStruct, dtype=jnp.float32)
+    call = jax.ffi.ffi_call(
+        "csr_jax_pointwise_csr_backward",
+        tuple(f32(a.shape) for a in (x, u, v, bu, bv, alpha, beta)),
+        vmap_method="sequential",
+    )
+    return call(x, u, v, bu, bv, alpha, beta, y, r, dy, steps=np.int64(steps))

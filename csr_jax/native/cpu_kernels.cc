@@ -29,46 +29,20 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using csr_native::ChunkStart;
+using csr_native::ParallelChunks;
 
 struct Geometry {
   int64_t n, h, w, c;   // x
   int64_t ho, wo;       // y / g
   int64_t kh, kw, sh, sw, pt, pl;
 };
-
-struct Chunks {
-  std::function<void(int64_t)> run;
-  int64_t count;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-
-  void Drain() {
-    for (int64_t i; (i = next.fetch_add(1)) < count;) {
-      run(i);
-      done.fetch_add(1);
-    }
-  }
-};
-
-// Runs run(0) .. run(count - 1) on the pool and the calling thread; returns when all are done.
-void ParallelChunks(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> run) {
-  auto chunks = std::make_shared<Chunks>();
-  chunks->run = std::move(run);
-  chunks->count = count;
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([chunks]() { chunks->Drain(); });
-  }
-  chunks->Drain();
-  while (chunks->done.load() < count) std::this_thread::yield();
-}
-
-// [begin, end) of chunk i when `total` items are cut into `count` chunks.
-inline int64_t ChunkStart(int64_t total, int64_t count, int64_t i) { return total * i / count; }
 
 inline void MultiplyAdd(float* __restrict acc, const float* __restrict a,
                         const float* __restrict b, int64_t c) {

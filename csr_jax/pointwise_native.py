@@ -120,17 +120,10 @@ def _grads_bwd(steps, c_out, residuals, cotangents):
 _grads.defvjp(_grads_fwd, _grads_bwd)
 
 
-#: Layers with at most this many channels per step recompute the hidden terms r_3 .. r_T in the
-#: backward pass (g_out^2 multiply-adds per pixel and step) instead of storing them (g_out floats
-#: written, then read): on a 2-core CPU, where such layers are memory-bound, that was faster.
-RECOMPUTE_MAX_WIDTH = 64
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def _forward(x, u, v, bu, bv, alpha, beta, steps, c_out):
     """The native forward pass: ``(y, r)``, r the hidden terms the backward pass reads back."""
-    keep_hidden = u.shape[1] > RECOMPUTE_MAX_WIDTH
-    return native.pointwise_csr_forward(x, u, v, bu, bv, alpha, beta, steps, c_out, keep_hidden)
+    return native.pointwise_csr_forward(x, u, v, bu, bv, alpha, beta, steps, c_out)
 
 
 def _forward_fwd(x, u, v, bu, bv, alpha, beta, steps, c_out):

@@ -1,7 +1,6 @@
 """The native widening 1x1 CSR layer (csr_jax.pointwise_native): it is what a float32 widening 1x1
 CSRConv runs on the CPU, it computes the XLA form's values, gradients and gradients of gradients
-(input wrap-around, a cut last step, biases, strides, T = 2..4, stored and recomputed hidden
-terms), the NNX layer runs it too, and every configuration it does not cover keeps the XLA form."""
+(input wrap-around, a cut last step, biases, strides, T = 2..4), the NNX layer runs it too, and every configuration it does not cover keeps the XLA form."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from csr_jax import CSRConv, depthwise, native, pointwise_native
+from csr_jax import CSRConv, depthwise, native
 from csr_jax.nnx import CSRConv as NNXCSRConv
 
 TARGET = "csr_jax_pointwise_csr_forward"
@@ -48,10 +47,10 @@ def _close(a, b, tol=1e-5):
         (5, 13, 3, True, 1, (4, 3)),  # input wraps around (15 of 5 channels), last step cut
         (7, 22, 4, True, 2, (7, 5)),  # T=4, stride 2, last step cut to 4 of 6
         (4, 9, 2, True, 1, (3, 3)),  # T=2: only the composed second step
-        (12, 198, 3, True, 1, (3, 4)),  # g_out = 66 > 64: r_3 stored, not recomputed
+        (12, 198, 3, True, 1, (3, 4)),  # g_out = 66: a step wider than 64
         (40, 120, 3, False, 1, (13, 17)),  # 221 pixels per image: several tiles and threads
     ],
-    ids=["expand", "wrap-cut", "t4-stride2", "t2", "stored-r", "tiles"],
+    ids=["expand", "wrap-cut", "t4-stride2", "t2", "wide", "tiles"],
 )
 def test_native_layer_equals_the_xla_form(c_in, c_out, steps, use_bias, strides, hw):
     layer = CSRConv(c_out, 1, steps, strides=strides, use_bias=use_bias)
@@ -144,16 +143,3 @@ def test_only_on_the_cpu_path():
         assert not _runs_native(fn, params, x)
     with depthwise.forced_impl("taps"):
         assert _runs_native(fn, params, x)
-
-
-def test_stored_and_recomputed_hidden_terms_agree(monkeypatch):
-    """The backward pass reads r_3 .. r_T back for wide layers and recomputes them for narrow ones
-    (``RECOMPUTE_MAX_WIDTH``); both give the same gradients."""
-    layer = CSRConv(60, 1, 4, use_bias=True)  # g_out = 15
-    x = jnp.asarray(np.random.default_rng(6).standard_normal((2, 6, 5, 9)), jnp.float32)
-    params = jax.tree.map(lambda p: p + 0.1, layer.init(jax.random.key(7), x))
-    loss = jax.jit(jax.grad(lambda p, x: _loss(layer, p, x), argnums=(0, 1)))
-    recomputed = loss(params, x)
-    monkeypatch.setattr(pointwise_native, "RECOMPUTE_MAX_WIDTH", 0)
-    stored = jax.jit(jax.grad(lambda p, x: _loss(layer, p, x), argnums=(0, 1)))(params, x)
-    _close(recomputed, stored, tol=1e-7)

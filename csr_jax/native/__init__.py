@@ -413,22 +413,19 @@ def pointwise_csr_forward(
     beta: Array,
     steps: int,
     c_out: int,
-    keep_hidden: bool,
 ) -> tuple[Array, Array]:
     """``(y, r)``: a whole 1x1 CSR layer with ``steps`` T >= 2 on float32 ``x`` of shape (P, C_in)
     (pixels, channels): ``u`` (g_in, g_out), ``v`` (g_out, g_out), biases ``bu``/``bv`` (g_out,)
     (zeros for none), ``alpha``/``beta`` of shape (1,). ``y`` (P, c_out) is the layer's output
-    (docs/csr_conv.md sections 2-5). ``r`` holds the hidden terms r_3 .. r_T, (P, (T-2) g_out),
-    with ``keep_hidden``, which :func:`pointwise_csr_backward` then reads back; else it is
-    (P, 0) and the backward pass recomputes them (g_out^2 multiply-adds per pixel and step
-    against writing and reading g_out floats: cheaper for narrow layers). Not differentiable by
-    itself (``csr_jax.pointwise_native`` gives it a custom VJP)."""
+    (docs/csr_conv.md sections 2-5). ``r`` (P, (T-2) g_out) holds the hidden terms r_3 .. r_T,
+    which :func:`pointwise_csr_backward` reads back (it recomputes r_2 = x_1 U V + ...). Not
+    differentiable by itself (``csr_jax.pointwise_native`` gives it a custom VJP)."""
     p, g = x.shape[0], u.shape[1]
     call = jax.ffi.ffi_call(
         "csr_jax_pointwise_csr_forward",
         (
             jax.ShapeDtypeStruct((p, c_out), jnp.float32),
-            jax.ShapeDtypeStruct((p, (steps - 2) * g if keep_hidden else 0), jnp.float32),
+            jax.ShapeDtypeStruct((p, (steps - 2) * g), jnp.float32),
         ),
         vmap_method="sequential",
     )

@@ -111,8 +111,9 @@ void Gemm(int64_t m, int64_t n, int64_t k, const float* a, int64_t ai, int64_t a
 
 struct Layer {
   int64_t p, c_in, c_out, steps, g_in, g;
-  // A row of the residual: r_3 .. r_T ((T - 2) g values), or none (0) when the backward pass
-  // recomputes them; r_2 is always recomputed (x_1 W: g_in g multiply-adds per pixel).
+  // A row of the residual: r_3 .. r_T, (T - 2) g values. r_2 is recomputed in the backward pass
+  // (x_1 W: g_in g multiply-adds per pixel); recomputing r_3 .. r_T (g^2 each) was slower even
+  // for MobileNetV2's narrowest layers (g = 32) than writing and reading them.
   int64_t rw;
 };
 
@@ -196,7 +197,7 @@ void ForwardTiles(const Layer& q, const Weights& w, const float* x, float* y, fl
     }
     for (int64_t t = 1; t < q.steps; ++t) {
       InputPath(q, xe.data(), rows, t, w.u, a.data());
-      const bool kept = t >= 2 && q.rw > 0;
+      const bool kept = t >= 2;
       float* r = kept ? rt + (t - 2) * q.g : hidden.data();
       const int64_t ldr = kept ? q.rw : q.g;
       if (t == 1)  // r_2 = x_1 W + c2
@@ -278,24 +279,17 @@ void BackwardTiles(const Layer& q, const Weights& w, const Transposes& tr, const
         InputPath(q, xe.data(), rows, t, w.u, a.data());
         float* dbias = (t == 1 ? grads.dc2 : grads.dbv).data();
         float *sum_alpha = grads.dalpha.data(), *sum_beta = grads.dbeta.data();
-        // r_t: read back, or recomputed as in the forward pass (r_2 = x_1 W + c2,
-        // r_t = h_{t-1} V + bV with h_{t-1} read from y).
+        // r_t: read back, or r_2 = x_1 W + c2 recomputed as in the forward pass.
         const float* r = hidden.data();
         int64_t ldr = q.g;
-        if (t >= 2 && q.rw > 0) {
+        if (t >= 2) {
           r = r_in + p0 * q.rw + (t - 2) * q.g;
           ldr = q.rw;
         } else {
-          const float* bias = t == 1 ? w.c2.data() : w.bv;
-          if (t == 1)
-            Gemm(rows, q.g, q.g_in, xe.data(), width, 1, w.w.data(), q.g, hidden.data(), q.g,
-                 false);
-          else
-            Gemm(rows, q.g, q.g, y + p0 * q.c_out + (t - 1) * q.g, q.c_out, 1, w.v, q.g,
-                 hidden.data(), q.g, false);
+          Gemm(rows, q.g, q.g_in, xe.data(), width, 1, w.w.data(), q.g, hidden.data(), q.g, false);
           for (int64_t i = 0; i < rows; ++i) {
             float* __restrict hr = hidden.data() + i * q.g;
-            for (int64_t j = 0; j < q.g; ++j) hr[j] += bias[j];
+            for (int64_t j = 0; j < q.g; ++j) hr[j] += w.c2[j];
           }
         }
         for (int64_t i = 0; i < rows; ++i)
@@ -345,7 +339,7 @@ ffi::Error CheckLayer(const Layer& q) {
   // h_1 .. h_{T-1} are read back from y, so only the last step may be cut (or left out).
   if (q.steps < 2 || q.g_in < 1 || q.g < 1 || q.steps * q.g_in < q.c_in ||
       q.steps * q.g < q.c_out || (q.steps - 1) * q.g > q.c_out ||
-      (q.rw != 0 && q.rw != (q.steps - 2) * q.g))
+      q.rw != (q.steps - 2) * q.g)
     return ffi::Error::InvalidArgument(
         "csr_jax pointwise CSR: shapes do not match a CSR layer whose output keeps h_1 .. "
         "h_{T-1} whole (g = ceil(C / T), (T - 1) g_out <= C_out)");

@@ -20,6 +20,10 @@ Why the computation is organised the way it is (measured in ``benchmarks/RESULTS
   g_out x g_out per pixel. On CPU, where the dots dominate the step, layers whose chunks widen
   (g_in < g_out, MobileNetV2's T=3 expansion: a sixth of that step's work) compute it so
   (:func:`_composed_r_2`); same function to float rounding, same parameters.
+* On CPU, float32 widening 1x1 layers leave XLA altogether: :mod:`csr_jax.pointwise_native` runs
+  the whole layer (composed r_2 included) as one native op that computes every step on a tile of
+  pixels in cache and writes the output once, without the memory-bound passes between XLA's
+  dots (the steps' split and join, the update and its recomputation).
 * Only the hidden path ``r_t = V * h_{t-1} + b_V`` is sequential. For T <= 8 (every listed preset) it
   is unrolled in Python by default: T - 1 <= 7 steps compile to straight-line code that XLA
   fuses freely (the update ``alpha*relu(a+r) + (1-beta)*r`` joins the producer/consumer

@@ -1,6 +1,8 @@
-"""Native CPU kernels in C++ (``cpu_kernels.cc``), called from jitted code as XLA FFI custom calls:
-the depthwise convolution's forward, input gradient and kernel gradient, and BatchNorm in
-training mode with its ReLU / ReLU6 (forward and backward pass).
+"""Native CPU kernels in C++, called from jitted code as XLA FFI custom calls: the depthwise
+convolution's forward, input gradient and kernel gradient, BatchNorm in training mode with its
+ReLU / ReLU6 (forward and backward pass; both in ``cpu_kernels.cc``), and a whole widening 1x1
+CSR layer (forward and backward pass, ``pointwise_csr.cc``; :mod:`csr_jax.pointwise_native` says
+why and when).
 
 Why: XLA:CPU has no fast depthwise convolution. csr_jax's pure-XLA CPU form (shifted taps,
 :mod:`csr_jax.depthwise`) made it usable, but its kernel gradient is k*k reductions that each read
@@ -25,9 +27,11 @@ Switches: ``CSR_JAX_NATIVE=0`` in the environment turns the kernels off for the 
 the two forms with it). Only float32 on the CPU path uses them (bf16 and other dtypes keep the
 pure-XLA form).
 
-Each op is linear in each of its two operands and the three are each other's transposes, so each
-has a ``jax.custom_vjp`` made of the other two: gradients of any order are native too. Forward-mode
-differentiation is not defined (as for the pure-XLA CPU form; use ``forced_impl("xla")``).
+Each depthwise op is linear in each of its two operands and the three are each other's
+transposes, so each has a ``jax.custom_vjp`` made of the other two: gradients of any order are
+native too. The BatchNorm and 1x1 CSR passes carry the VJP of the XLA expression they replace, so
+their gradients of gradients are the XLA form's. Forward-mode differentiation is not defined (as
+for the pure-XLA CPU form; use ``forced_impl("xla")``).
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ struct Layer {
 // Pixels per tile: small enough that a tile's buffers stay in L2, large enough that the weight
 // gradients' products (summed over the tile's pixels) run long register loops.
 constexpr int64_t kTile = 96;
-// Parts of the pixels whose weight-gradient sums are kept apart: a FIXED count, added in order.
+// Parts of the pixels whose weight-gradient sums are kept apart: a count fixed by the pixel count
+// alone (not the threads), added in order.
 constexpr int64_t kParts = 16;
 
 // Tile rows of x with the channels wrapped around: xe (rows, T g_in).
@@ -389,7 +390,8 @@ ffi::Error PointwiseBackward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, 
                   alpha.typed_data()[0], beta.typed_data()[0]);
   const Transposes tr{Transposed(w.u, q.g_in, q.g), Transposed(w.v, q.g, q.g),
                       Transposed(w.w.data(), q.g_in, q.g)};
-  const int64_t parts = std::max<int64_t>(1, std::min(kParts, q.p));
+  // At least a tile of pixels per part: each part's sums cost g^2 to add up, however few pixels.
+  const int64_t parts = std::max<int64_t>(1, std::min(kParts, q.p / kTile));
   std::vector<Grads> grads(parts, Grads(q));
   ParallelChunks(pool, parts, [&](int64_t i) {
     BackwardTiles(q, w, tr, x.typed_data(), y.typed_data(), r.typed_data(), dy.typed_data(),

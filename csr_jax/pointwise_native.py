@@ -7,15 +7,18 @@ them, and in the CSR MobileNetV2-CIFAR train step they cost as much as the dots:
 layers trained 0.7-0.8x as fast as the ordinary net's. The native op
 (``csr_jax/native/pointwise_csr.cc``) runs all T steps of a tile of pixels in cache, writes the
 output once and keeps only the hidden terms r_t for the backward pass; the same layer's forward +
-backward ran 2-3x faster than the XLA form on a 2-core CPU (``benchmarks/RESULTS.md`` section 15).
+backward ran 1.3-3.8x faster than the XLA form on a 2-core CPU, the CSR MobileNetV2-CIFAR train
+step 1.19x (``benchmarks/RESULTS.md`` section 15).
 
 When it runs (:func:`applies`): a dense 1x1 layer without padding (any stride: the input is
-subsampled first), T >= 2, only the last step cut by the output width, chunks that widen (``g_in < g_out``: the expand layers; the op
-recomputes the cheap input path in the backward pass instead of storing it, and composes r_2 from
-``x_1``, both of which pay only there), the straight-line form (``unroll`` covering every step),
-float32 input and parameters, the CPU path (``csr_jax.depthwise.default_impl() == "taps"``, as
-for the other native ops; ``forced_impl("xla")`` turns it off) and the native kernels usable
-(``csr_jax.native.enabled``: CPU, one device, built, not switched off). Everything else runs the XLA form in ``csr_jax.csr_conv``.
+subsampled first), T >= 2, only the last step cut by the output width, chunks that widen
+(``g_in < g_out``: the expand layers; the op recomputes the cheap input path in the backward pass
+instead of storing it, and composes r_2 from ``x_1``, both of which pay only there), the
+straight-line form (``unroll`` covering every step), float32 input and parameters, the CPU path
+(``csr_jax.depthwise.default_impl() == "taps"``, as for the other native ops;
+``forced_impl("xla")`` turns it off) and the native kernels usable (``csr_jax.native.enabled``:
+CPU, one device, built, not switched off). Everything else runs the XLA form in
+``csr_jax.csr_conv``.
 
 Same parameters, same function to float rounding (``tests/test_pointwise_native.py``). Gradients
 of gradients are those of the XLA form: the native backward carries the VJP of the XLA

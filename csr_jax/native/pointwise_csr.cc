@@ -1,6 +1,7 @@
 // A whole 1x1 CSR-Conv layer (docs/csr_conv.md sections 2-5) on the CPU, forward and backward,
 // as two XLA FFI custom calls (csr_jax/native/__init__.py registers them, csr_jax/csr_conv.py
-// uses them for float32 widening 1x1 layers on the CPU path).
+// uses them for float32 widening 1x1 layers on the CPU path; csr_jax/pointwise_native.py says
+// when).
 //
 // Why native code: with XLA the layer is a few dots (one per step and path) and, between them,
 // memory-bound passes over full-size tensors that the ordinary conv does not have -- the steps cut
@@ -9,17 +10,19 @@
 // MobileNetV2-CIFAR train step those passes cost as much time as the dots themselves. Here every
 // pass runs on a tile of pixels that stays in cache: for each tile the T steps' matrix products,
 // the update and the writes of the output happen back to back, so the output is written once
-// and nothing but the output and the hidden terms r_t touches memory.
+// and nothing but the output and the hidden terms r_3 .. r_T touches memory.
 //
 // Shapes, float32, row-major, P = batch * height * width pixels:
 //   x (P, C_in); U (g_in, g_out); V (g_out, g_out); bU, bV (g_out) (zeros without bias);
-//   alpha, beta (1); y (P, C_out); r, the residual for the backward pass, (P, (T-1) g_out).
+//   alpha, beta (1); y (P, C_out); r, the residual for the backward pass, (P, (T-2) g_out):
+//   r_3 .. r_T. r_2 is composed from x_1 (see Weights) and recomputed in the backward pass.
 // The input channels wrap around (chunk t reads channels (t g_in + j) mod C_in) and the output
 // is cut to C_out, as the layer's definition says.
 //
 // Backward: the input path a_t = x_t U + bU is recomputed per tile (g_in < g_out: cheaper than
-// storing it), r_t is read back, h_{t-1} is read from y. The weight gradients are summed per
-// FIXED part of the pixels and the parts added in order, so results do not depend on threads.
+// storing it), r_3 .. r_T are read back, h_{t-1} is read from y. The weight gradients are summed
+// per part of the pixels (a count fixed by the pixel count) and the parts added in order, so
+// results do not depend on the threads.
 
 #include <algorithm>
 #include <cstdint>
@@ -232,11 +235,13 @@ struct Transposes {
   std::vector<float> ut, vt, wt;
 };
 
-// The update's backward pass for one pixel: da = alpha dh [a + bU + r > 0], dr = da + (1 - beta) dh,
+// The update's backward pass for one pixel: da = alpha dh [a + bU + r > 0],
+// dr = da + (1 - beta) dh,
 // and the per-channel sums of the biases', alpha's and beta's gradients (kept per channel: a sum
 // in one float would stop the compiler from vectorising the loop).
 void UpdateGrad(int64_t g, float alpha, float keep, const float* __restrict a,
-                const float* __restrict bu, const float* __restrict r, const float* __restrict dh, float* __restrict da,
+                const float* __restrict bu, const float* __restrict r,
+                const float* __restrict dh, float* __restrict da,
                 float* __restrict dr, float* __restrict dbias, float* __restrict sum_alpha,
                 float* __restrict sum_beta) {
   for (int64_t j = 0; j < g; ++j) {

@@ -433,40 +433,37 @@ ffi::Error PointwiseBackward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, 
   return ffi::Error::Success();
 }
 
+// Both passes take the layer's input and parameters first.
+auto LayerOperands() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<Mat>()   // x
+      .Arg<Mat>()   // U
+      .Arg<Mat>()   // V
+      .Arg<Vec>()   // bU
+      .Arg<Vec>()   // bV
+      .Arg<Vec>()   // alpha
+      .Arg<Vec>();  // beta
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CsrPointwiseForward, PointwiseForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Mat>()  // x
-                                  .Arg<Mat>()  // U
-                                  .Arg<Mat>()  // V
-                                  .Arg<Vec>()  // bU
-                                  .Arg<Vec>()  // bV
-                                  .Arg<Vec>()  // alpha
-                                  .Arg<Vec>()  // beta
+                              LayerOperands()
                                   .Ret<Mat>()  // y
                                   .Ret<Mat>()  // r
                                   .Attr<int64_t>("steps"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CsrPointwiseBackward, PointwiseBackward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<Mat>()     // x
-                                  .Arg<Mat>()     // U
-                                  .Arg<Mat>()     // V
-                                  .Arg<Vec>()     // bU
-                                  .Arg<Vec>()     // bV
-                                  .Arg<Vec>()     // alpha
-                                  .Arg<Vec>()     // beta
-                                  .Arg<Mat>()     // y
-                                  .Arg<Mat>()     // r
-                                  .Arg<Mat>()     // dy
-                                  .Ret<Mat>()     // dx
-                                  .Ret<Mat>()     // dU
-                                  .Ret<Mat>()     // dV
-                                  .Ret<Vec>()     // dbU
-                                  .Ret<Vec>()     // dbV
-                                  .Ret<Vec>()     // dalpha
-                                  .Ret<Vec>()     // dbeta
+                              LayerOperands()
+                                  .Arg<Mat>()  // y
+                                  .Arg<Mat>()  // r
+                                  .Arg<Mat>()  // dy
+                                  .Ret<Mat>()  // dx
+                                  .Ret<Mat>()  // dU
+                                  .Ret<Mat>()  // dV
+                                  .Ret<Vec>()  // dbU
+                                  .Ret<Vec>()  // dbV
+                                  .Ret<Vec>()  // dalpha
+                                  .Ret<Vec>()  // dbeta
                                   .Attr<int64_t>("steps"));

@@ -128,13 +128,18 @@ constexpr int64_t kTile = 96;
 constexpr int64_t kParts = 16;
 
 // Tile rows of x with the channels wrapped around: xe (rows, T g_in).
-void GatherInput(const Layer& q, const float* x, int64_t rows, float* xe) {
+// Rows are short (tens of floats): copied in place, not by a library call per row, which cost more
+// than the copy itself (GCC would turn the loop back into memcpy calls without the attribute).
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void GatherInput(
+    const Layer& q, const float* x, int64_t rows, float* xe) {
   const int64_t width = q.steps * q.g_in;
   for (int64_t i = 0; i < rows; ++i) {
-    const float* src = x + i * q.c_in;
-    float* dst = xe + i * width;
-    for (int64_t done = 0; done < width; done += q.c_in)
-      std::memcpy(dst + done, src, sizeof(float) * std::min(q.c_in, width - done));
+    const float* __restrict src = x + i * q.c_in;
+    float* __restrict dst = xe + i * width;
+    for (int64_t done = 0; done < width; done += q.c_in) {
+      const int64_t n = std::min(q.c_in, width - done);
+      for (int64_t j = 0; j < n; ++j) dst[done + j] = src[j];
+    }
   }
 }
 
@@ -231,9 +236,22 @@ struct Grads {
 };
 
 // Transposed copies of U, V and W: the input-side gradients multiply by them.
+// U^T and W^T have g_in columns, usually not a multiple of 16; they are kept zero-padded to
+// `gp` columns so that the input gradient's products run whole register tiles into a padded
+// buffer (the Gemm's tail path copies its operands row by row, which cost more than the product).
 struct Transposes {
   std::vector<float> ut, vt, wt;
+  int64_t gp;
 };
+
+inline int64_t Padded16(int64_t n) { return (n + 15) / 16 * 16; }
+
+std::vector<float> TransposedPadded(const float* m, int64_t rows, int64_t cols, int64_t ld) {
+  std::vector<float> out(cols * ld, 0.0f);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) out[j * ld + i] = m[i * cols + j];
+  return out;
+}
 
 // The update's backward pass for one pixel: da = alpha dh [a + bU + r > 0],
 // dr = da + (1 - beta) dh,
@@ -256,11 +274,31 @@ void UpdateGrad(int64_t g, float alpha, float keep, const float* __restrict a,
   }
 }
 
+// dx[c] = sum of the padded per-step input gradients dxe[t][j] over t g_in + j = c (mod C_in):
+// the wrapped-around channels folded back.
+__attribute__((optimize("no-tree-loop-distribute-patterns"))) void FoldInputGrad(
+    const Layer& q, int64_t gp, const float* dxe, int64_t rows, float* dx) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* __restrict src = dxe + i * q.steps * gp;
+    float* __restrict dst = dx + i * q.c_in;
+    for (int64_t t = 0, e = 0; t < q.steps; ++t) {
+      for (int64_t j = 0; j < q.g_in; ++j, ++e) {
+        const float v = src[t * gp + j];
+        if (e < q.c_in)
+          dst[e] = v;
+        else
+          dst[e % q.c_in] += v;
+      }
+    }
+  }
+}
+
 void BackwardTiles(const Layer& q, const Weights& w, const Transposes& tr, const float* x,
                    const float* y, const float* r_in, const float* dy, float* dx, Grads& grads,
                    int64_t r0, int64_t r1) {
   const int64_t width = q.steps * q.g_in;
-  std::vector<float> xe(kTile * width), dxe(kTile * width), a(kTile * q.g), hidden(kTile * q.g),
+  const int64_t dxw = q.steps * tr.gp;  // a row of dxe: each step's g_in columns, padded to gp
+  std::vector<float> xe(kTile * width), dxe(kTile * dxw), a(kTile * q.g), hidden(kTile * q.g),
       dh(kTile * q.g), da(kTile * q.g), dr(kTile * q.g), carry(kTile * q.g);
   const float alpha = w.alpha, keep = 1.0f - w.beta;
   for (int64_t p0 = r0; p0 < r1; p0 += kTile) {
@@ -305,7 +343,7 @@ void BackwardTiles(const Layer& q, const Weights& w, const Transposes& tr, const
           // r_2 = x_1 W + c2: dW += x_1^T dr_2, dx_1 = dr_2 W^T (step 1 below adds its own).
           Gemm(q.g_in, q.g, rows, xe.data(), 1, width, dr.data(), q.g, grads.dw.data(), q.g,
                true);
-          Gemm(rows, q.g_in, q.g, dr.data(), q.g, 1, tr.wt.data(), q.g_in, dxe.data(), width,
+          Gemm(rows, tr.gp, q.g, dr.data(), q.g, 1, tr.wt.data(), tr.gp, dxe.data(), dxw,
                false);
         } else {
           // r_t = h_{t-1} V + bV: dV += h_{t-1}^T dr_t (h_{t-1} read from y), dh_{t-1} = dr_t V^T.
@@ -323,16 +361,10 @@ void BackwardTiles(const Layer& q, const Weights& w, const Transposes& tr, const
       // dU += x_t^T da_t; dx_t = da_t U^T (added to step 2's part for t = 0).
       Gemm(q.g_in, q.g, rows, xe.data() + t * q.g_in, 1, width, da_t, q.g, grads.du.data(), q.g,
            true);
-      Gemm(rows, q.g_in, q.g, da_t, q.g, 1, tr.ut.data(), q.g_in, dxe.data() + t * q.g_in, width,
+      Gemm(rows, tr.gp, q.g, da_t, q.g, 1, tr.ut.data(), tr.gp, dxe.data() + t * tr.gp, dxw,
            t == 0);
     }
-    // Fold the wrapped-around channels back: dx[c] = sum of dxe[e] over e = c (mod C_in).
-    for (int64_t i = 0; i < rows; ++i) {
-      const float* __restrict src = dxe.data() + i * width;
-      float* __restrict dst = dx + (p0 + i) * q.c_in;
-      std::memcpy(dst, src, sizeof(float) * q.c_in);
-      for (int64_t e = q.c_in; e < width; ++e) dst[e % q.c_in] += src[e];
-    }
+    FoldInputGrad(q, tr.gp, dxe.data(), rows, dx + p0 * q.c_in);
   }
 }
 
@@ -393,8 +425,9 @@ ffi::Error PointwiseBackward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, 
   if (auto e = CheckLayer(q); e.failure()) return e;
   const Weights w(q, u.typed_data(), v.typed_data(), bu.typed_data(), bv.typed_data(),
                   alpha.typed_data()[0], beta.typed_data()[0]);
-  const Transposes tr{Transposed(w.u, q.g_in, q.g), Transposed(w.v, q.g, q.g),
-                      Transposed(w.w.data(), q.g_in, q.g)};
+  const int64_t gp = Padded16(q.g_in);
+  const Transposes tr{TransposedPadded(w.u, q.g_in, q.g, gp), Transposed(w.v, q.g, q.g),
+                      TransposedPadded(w.w.data(), q.g_in, q.g, gp), gp};
   // At least a tile of pixels per part: each part's sums cost g^2 to add up, however few pixels.
   const int64_t parts = std::max<int64_t>(1, std::min(kParts, q.p / kTile));
   std::vector<Grads> grads(parts, Grads(q));

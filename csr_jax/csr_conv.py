@@ -522,12 +522,7 @@ def _forward(
             features=spec.features,
             strides=spec.strides,
         )
-    c_in = x.shape[-1]
-    # Channel wrap-around: extend with copies of the input from its first channel on.
-    total_in = spec.steps * spec.g_in
-    if total_in > c_in:
-        reps = -(-total_in // c_in)
-        x = jnp.concatenate([x] * reps, axis=-1)[..., :total_in]
+    x = _wrap_channels(x, spec.steps * spec.g_in)
 
     # Input path: a holds a_1..a_T along `time_axis`.
     a, time_axis = _input_path(x, kernel, spec, depthwise=depthwise, precision=precision)
@@ -542,6 +537,15 @@ def _forward(
         r_2 = _composed_r_2(x_1, kernel, bias, precision)
     # concat(h_1, ..., h_T) over the channels, cut to the layer's width.
     return hidden(a, time_axis, r_2)[..., : spec.features]
+
+
+def _wrap_channels(x: Array, width: int) -> Array:
+    """The channel wrap-around (docs/csr_conv.md section 2): ``x`` extended over its last axis
+    with copies of itself from its first channel on, to exactly ``width >= C_in`` channels."""
+    c_in = x.shape[-1]
+    if width == c_in:
+        return x
+    return jnp.concatenate([x] * -(-width // c_in), axis=-1)[..., :width]
 
 
 def _check_input(x: Array) -> None:

@@ -64,9 +64,7 @@ def _xla_layer(x, u, v, bu, bv, alpha, beta, steps, c_out):
     from csr_jax import csr_conv  # the XLA form lives there, and that module imports this one
 
     g_in = u.shape[0]
-    width = steps * g_in
-    reps = -(-width // x.shape[-1])
-    xe = jnp.concatenate([x] * reps, axis=-1)[:, :width]
+    xe = csr_conv._wrap_channels(x, steps * g_in)
     a = csr_conv._matmul(xe.reshape(-1, steps, g_in), u, None) + bu
     hs = csr_conv._hidden_path(
         a,

@@ -246,7 +246,8 @@ struct Transposes {
 
 inline int64_t Padded16(int64_t n) { return (n + 15) / 16 * 16; }
 
-std::vector<float> TransposedPadded(const float* m, int64_t rows, int64_t cols, int64_t ld) {
+// m^T for a row-major (rows x cols) m, as (cols x ld), ld >= rows, zero beyond column rows.
+std::vector<float> Transposed(const float* m, int64_t rows, int64_t cols, int64_t ld) {
   std::vector<float> out(cols * ld, 0.0f);
   for (int64_t i = 0; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) out[j * ld + i] = m[i * cols + j];
@@ -368,11 +369,6 @@ void BackwardTiles(const Layer& q, const Weights& w, const Transposes& tr, const
   }
 }
 
-Layer MakeLayer(int64_t p, int64_t c_in, int64_t c_out, int64_t steps, int64_t g_in, int64_t g,
-                int64_t rw) {
-  return Layer{p, c_in, c_out, steps, g_in, g, rw};
-}
-
 ffi::Error CheckLayer(const Layer& q) {
   // h_1 .. h_{T-1} are read back from y, so only the last step may be cut (or left out).
   if (q.steps < 2 || q.g_in < 1 || q.g < 1 || q.steps * q.g_in < q.c_in ||
@@ -389,15 +385,16 @@ using Vec = ffi::Buffer<ffi::F32, 1>;
 using MatOut = ffi::ResultBuffer<ffi::F32, 2>;
 using VecOut = ffi::ResultBuffer<ffi::F32, 1>;
 
-// Rows per parallel chunk of the forward pass: whole tiles, at least kParts chunks.
+// Chunks of the forward pass: one per tile of pixels, at most 4 kParts (enough to balance the
+// pool, few enough to keep each chunk long).
 int64_t ForwardChunks(int64_t p) {
   return std::max<int64_t>(1, std::min<int64_t>(4 * kParts, (p + kTile - 1) / kTile));
 }
 
 ffi::Error PointwiseForward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, Vec bv, Vec alpha,
                             Vec beta, MatOut y, MatOut r, int64_t steps) {
-  const Layer q = MakeLayer(x.dimensions()[0], x.dimensions()[1], y->dimensions()[1], steps,
-                            u.dimensions()[0], u.dimensions()[1], r->dimensions()[1]);
+  const Layer q{x.dimensions()[0], x.dimensions()[1], y->dimensions()[1], steps,
+                u.dimensions()[0], u.dimensions()[1], r->dimensions()[1]};
   if (auto e = CheckLayer(q); e.failure()) return e;
   const Weights w(q, u.typed_data(), v.typed_data(), bu.typed_data(), bv.typed_data(),
                   alpha.typed_data()[0], beta.typed_data()[0]);
@@ -410,24 +407,17 @@ ffi::Error PointwiseForward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, V
   return ffi::Error::Success();
 }
 
-std::vector<float> Transposed(const float* m, int64_t rows, int64_t cols) {
-  std::vector<float> out(rows * cols);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[j * rows + i] = m[i * cols + j];
-  return out;
-}
-
 ffi::Error PointwiseBackward(ffi::ThreadPool pool, Mat x, Mat u, Mat v, Vec bu, Vec bv, Vec alpha,
                              Vec beta, Mat y, Mat r, Mat dy, MatOut dx, MatOut du, MatOut dv,
                              VecOut dbu, VecOut dbv, VecOut dalpha, VecOut dbeta, int64_t steps) {
-  const Layer q = MakeLayer(x.dimensions()[0], x.dimensions()[1], y.dimensions()[1], steps,
-                            u.dimensions()[0], u.dimensions()[1], r.dimensions()[1]);
+  const Layer q{x.dimensions()[0], x.dimensions()[1], y.dimensions()[1], steps,
+                u.dimensions()[0], u.dimensions()[1], r.dimensions()[1]};
   if (auto e = CheckLayer(q); e.failure()) return e;
   const Weights w(q, u.typed_data(), v.typed_data(), bu.typed_data(), bv.typed_data(),
                   alpha.typed_data()[0], beta.typed_data()[0]);
   const int64_t gp = Padded16(q.g_in);
-  const Transposes tr{TransposedPadded(w.u, q.g_in, q.g, gp), Transposed(w.v, q.g, q.g),
-                      TransposedPadded(w.w.data(), q.g_in, q.g, gp), gp};
+  const Transposes tr{Transposed(w.u, q.g_in, q.g, gp), Transposed(w.v, q.g, q.g, q.g),
+                      Transposed(w.w.data(), q.g_in, q.g, gp), gp};
   // At least a tile of pixels per part: each part's sums cost g^2 to add up, however few pixels.
   const int64_t parts = std::max<int64_t>(1, std::min(kParts, q.p / kTile));
   std::vector<Grads> grads(parts, Grads(q));
